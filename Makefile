@@ -1,0 +1,47 @@
+# Entry points for operators and CI. Each target installs what it needs into .venv first.
+#   make demo   run the nightly job end to end on the embedded local stack and show its result
+#   make test   run the test suite against real services (starts the local stack as needed)
+#   make up / make down   start / stop the local stack (S3 API, Redis if none, SQLite registry)
+#   make bench  run the benchmarks
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.8
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up down demo test bench lock clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(UV) pip sync -q --python $(PY) --compile-bytecode requirements.txt
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)
+
+up: venv
+	$(PY) -m devstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi
+
+demo: up
+	$(PY) -m pipeline demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: up
+	$(PY) -m bench $(BENCH_ARGS)
+
+# Re-pin requirements.txt after editing requirements.in.
+lock: venv
+	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements.in -o requirements.txt
+
+clean: down
+	rm -rf $(VENV) .local data

@@ -1,0 +1,1 @@
+"""Shared plumbing: configuration, S3 access and logging, used by every pipeline step."""

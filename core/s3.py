@@ -1,0 +1,113 @@
+"""S3 access through boto3: one client factory, and writes that readers never see half-done.
+
+An S3 object becomes visible only when its upload completes (a single PUT, or the final
+CompleteMultipartUpload), so writing each unit of data as one object and replacing it whole
+gives atomic, idempotent publication with no temporary names to clean up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Multipart above 16 MiB: parts upload in parallel and the object appears only on completion.
+TRANSFER = TransferConfig(multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4)
+
+
+class StorageError(RuntimeError):
+    """S3 is unreachable or refused an operation; the message says what to check."""
+
+
+def client(settings: Settings):
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    )
+
+
+def ensure_bucket(settings: Settings, s3=None) -> None:
+    s3 = s3 or client(settings)
+    try:
+        s3.head_bucket(Bucket=settings.s3_bucket)
+        return
+    except EndpointConnectionError as exc:
+        raise StorageError(
+            f"cannot reach S3 at {settings.s3_endpoint_url or 'AWS'}: {exc}. "
+            "Start the local stack with `make up`, or set FP_S3_ENDPOINT_URL."
+        ) from exc
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in {"404", "NoSuchBucket", "NotFound"}:
+            raise StorageError(f"S3 refused access to bucket {settings.s3_bucket!r} ({code}): check the credentials") from exc
+    log.info("creating bucket s3://%s", settings.s3_bucket)
+    s3.create_bucket(Bucket=settings.s3_bucket)
+
+
+@dataclass(frozen=True)
+class Written:
+    uri: str
+    size: int
+    sha256: str
+
+
+def put_bytes(settings: Settings, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+              metadata: dict[str, str] | None = None, s3=None) -> Written:
+    """Publish ``data`` at ``key`` as one object, replacing any previous version whole."""
+    s3 = s3 or client(settings)
+    extra: dict = {"ContentType": content_type, "Metadata": metadata or {}}
+    if settings.s3_sse:
+        extra["ServerSideEncryption"] = settings.s3_sse
+    try:
+        s3.upload_fileobj(io.BytesIO(data), settings.s3_bucket, key, ExtraArgs=extra, Config=TRANSFER)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        hint = " (set FP_S3_SSE= to disable server-side encryption if the target does not support it)" if "Encryption" in str(exc) else ""
+        raise StorageError(f"could not write s3://{settings.s3_bucket}/{key}: {code} {exc}{hint}") from exc
+    return Written(uri=f"s3://{settings.s3_bucket}/{key}", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def get_bytes(settings: Settings, key: str, s3=None) -> bytes:
+    s3 = s3 or client(settings)
+    return s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
+
+
+def exists(settings: Settings, key: str, s3=None) -> bool:
+    s3 = s3 or client(settings)
+    try:
+        s3.head_object(Bucket=settings.s3_bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise
+
+
+def list_keys(settings: Settings, prefix: str, s3=None) -> list[str]:
+    s3 = s3 or client(settings)
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=prefix):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key

@@ -1,0 +1,110 @@
+"""The one definition of every attrition feature.
+
+Training reads these columns from the offline store and serving reads them from Redis; both were
+computed here, once. ``FEATURES`` is also the order the model receives them in (the feature
+service ``attrition_model_v1`` declares exactly this list), and the Feast schema is built from it.
+
+| feature | type | unit | definition |
+| --- | --- | --- | --- |
+| tenure | int64 | years | YearsAtCompany |
+| salary_band | int64 | band 1-5 | MonthlyIncome banded at SALARY_BAND_EDGES (USD/month) |
+| overtime | int64 | 0/1 | 1 if OverTime is "Yes" |
+| promotion_stagnation | float64 | ratio | YearsSinceLastPromotion / max(YearsAtCompany, 1) |
+| career_velocity | float64 | levels/year | JobLevel / max(TotalWorkingYears, 1) |
+| overall_satisfaction | float64 | score 1-4 | mean of Environment, Job, Relationship satisfaction and WorkLifeBalance |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str  # "int64" or "float64"; maps to Feast Int64 / Float64
+    unit: str
+    definition: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("tenure", "int64", "years", "YearsAtCompany"),
+    Feature("salary_band", "int64", "band 1-5", "MonthlyIncome banded at SALARY_BAND_EDGES (USD/month)"),
+    Feature("overtime", "int64", "0/1", '1 if OverTime is "Yes"'),
+    Feature("promotion_stagnation", "float64", "ratio", "YearsSinceLastPromotion / max(YearsAtCompany, 1)"),
+    Feature("career_velocity", "float64", "levels/year", "JobLevel / max(TotalWorkingYears, 1)"),
+    Feature("overall_satisfaction", "float64", "score 1-4",
+            "mean of Environment, Job, Relationship satisfaction and WorkLifeBalance"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+# Lower edges of salary bands 2..5 in MonthlyIncome (USD/month): band 1 is below 3,000,
+# band 2 is 3,000-5,999, band 3 6,000-9,999, band 4 10,000-14,999, band 5 is 15,000 and above.
+SALARY_BAND_EDGES: tuple[int, ...] = (3_000, 6_000, 10_000, 15_000)
+
+ENTITY_KEY = "employee_id"
+TIMESTAMP = "event_timestamp"
+CREATED = "created_timestamp"
+ACTIVE = "is_active"
+LABEL = "attrition"  # 1 when the export marks the employee as having left (Attrition "Yes")
+
+_TS = pa.timestamp("us", tz="UTC")
+OUTPUT_SCHEMA = pa.schema(
+    [pa.field(ENTITY_KEY, pa.int64(), nullable=False), pa.field(TIMESTAMP, _TS, nullable=False)]
+    + [pa.field(f.name, pa.int64() if f.dtype == "int64" else pa.float64()) for f in FEATURES]
+    + [pa.field(ACTIVE, pa.bool_()), pa.field(LABEL, pa.int64()), pa.field(CREATED, _TS)]
+)
+
+
+def extraction_timestamp(as_of: date) -> datetime:
+    """Features of an extraction are stamped at midnight UTC of its date."""
+    return datetime(as_of.year, as_of.month, as_of.day, tzinfo=timezone.utc)
+
+
+def _at_least_one(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.max_element_wise(column, pa.scalar(1, pa.int64()))
+
+
+def salary_band(monthly_income: pa.ChunkedArray) -> pa.Array:
+    incomes = monthly_income.to_numpy()
+    return pa.array(np.searchsorted(np.asarray(SALARY_BAND_EDGES), incomes, side="right") + 1, pa.int64())
+
+
+def compute(raw: pa.Table, as_of: date, created: datetime | None = None) -> pa.Table:
+    """Raw export rows (see etl.schema.USED_COLUMNS) -> feature rows in OUTPUT_SCHEMA."""
+    n = raw.num_rows
+    created = created or datetime.now(timezone.utc)
+    f64 = pa.float64()
+    years_at = raw["YearsAtCompany"]
+    satisfaction = pc.add(
+        pc.add(raw["EnvironmentSatisfaction"], raw["JobSatisfaction"]),
+        pc.add(raw["RelationshipSatisfaction"], raw["WorkLifeBalance"]),
+    )
+    left = pc.equal(raw["Attrition"], "Yes")
+    columns = {
+        ENTITY_KEY: raw["EmployeeNumber"],
+        TIMESTAMP: pa.array(np.full(n, np.datetime64(extraction_timestamp(as_of).replace(tzinfo=None), "us")), _TS),
+        "tenure": years_at,
+        "salary_band": salary_band(raw["MonthlyIncome"]),
+        "overtime": pc.cast(pc.equal(raw["OverTime"], "Yes"), pa.int64()),
+        "promotion_stagnation": pc.divide(pc.cast(raw["YearsSinceLastPromotion"], f64),
+                                          pc.cast(_at_least_one(years_at), f64)),
+        "career_velocity": pc.divide(pc.cast(raw["JobLevel"], f64),
+                                     pc.cast(_at_least_one(raw["TotalWorkingYears"]), f64)),
+        "overall_satisfaction": pc.divide(pc.cast(satisfaction, f64), 4.0),
+        ACTIVE: pc.invert(left),
+        LABEL: pc.cast(left, pa.int64()),
+        CREATED: pa.array(np.full(n, np.datetime64(created.astimezone(timezone.utc).replace(tzinfo=None), "us")), _TS),
+    }
+    return pa.table(columns, schema=OUTPUT_SCHEMA)
+
+
+def markdown_table() -> str:
+    rows = ["| feature | type | unit | definition |", "| --- | --- | --- | --- |"]
+    rows += [f"| {f.name} | {f.dtype} | {f.unit} | {f.definition} |" for f in FEATURES]
+    return "\n".join(rows)

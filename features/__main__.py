@@ -1,0 +1,69 @@
+"""`python -m features`: apply definitions, materialize to Redis, read online vectors.
+
+    python -m features apply
+    python -m features materialize-incremental 2026-11-24T02:00:00+00:00
+    python -m features materialize 2026-01-01 2026-11-24
+    python -m features online --employee-id 17 --employee-id 42
+
+The same argv runs on a laptop and in the worker pod; configuration comes from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+
+from core import log as logsetup
+from core import settings as settings_mod
+from features import store as fs
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO date or timestamp, got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m features", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("apply", help="register the entity, feature view and feature service")
+    inc = sub.add_parser("materialize-incremental", help="load new feature rows into Redis, from the last watermark")
+    inc.add_argument("end", type=_timestamp, nargs="?", default=None, help="end of the window (default: now, UTC)")
+    win = sub.add_parser("materialize", help="load an explicit event-time window into Redis")
+    win.add_argument("start", type=_timestamp)
+    win.add_argument("end", type=_timestamp)
+    onl = sub.add_parser("online", help="print online feature vectors in the feature service's order")
+    onl.add_argument("--employee-id", type=int, action="append", required=True)
+    onl.add_argument("--service", default=fs.FEATURE_SERVICE)
+    args = parser.parse_args(argv)
+    logsetup.setup()
+
+    settings = settings_mod.load()
+    store = fs.open_store(settings)
+    if args.command == "apply":
+        for name in fs.apply(store, settings):
+            print(f"applied {name}")
+    elif args.command == "materialize-incremental":
+        print(fs.materialize(store, settings, args.end or datetime.now(timezone.utc)).summary())
+    elif args.command == "materialize":
+        print(fs.materialize(store, settings, args.end, start=args.start).summary())
+    elif args.command == "online":
+        names = [r.split(":", 1)[1] for r in fs.feature_refs(store, args.service)]
+        try:
+            vectors = fs.online_vectors(store, args.employee_id, args.service)
+        except fs.ServingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"feature_service": args.service, "features": names,
+                          "vectors": {str(k): v for k, v in vectors.items()}}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

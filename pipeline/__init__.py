@@ -1,0 +1,1 @@
+"""Pipeline steps and the demo entry point; orchestration lives in dags/."""

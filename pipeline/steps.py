@@ -1,0 +1,63 @@
+"""The nightly pipeline's steps as plain functions; the Airflow DAG and the demo only sequence them.
+
+Heavy steps (materialization) are also exposed as argv (``worker_argv``) so the same command runs
+as a local subprocess or in a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import date, datetime
+from pathlib import Path
+
+from core import s3
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPORT_NAME = re.compile(r"hr_export_(\d{4}-\d{2}-\d{2})\.csv$")
+
+
+class NoExportError(FileNotFoundError):
+    """No HR export for the requested date is in the inbox."""
+
+
+def _export_date(name: str) -> date | None:
+    match = EXPORT_NAME.search(name)
+    return date.fromisoformat(match.group(1)) if match else None
+
+
+def list_exports(settings: Settings, inbox: str) -> dict[date, str]:
+    """Exports in the inbox (a local folder or an s3:// prefix) by extraction date."""
+    found: dict[date, str] = {}
+    if inbox.startswith("s3://"):
+        bucket, prefix = s3.parse_uri(inbox.rstrip("/") + "/")
+        client = s3.client(settings)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                day = _export_date(obj["Key"])
+                if day:
+                    found[day] = f"s3://{bucket}/{obj['Key']}"
+    else:
+        folder = Path(inbox)
+        if folder.is_dir():
+            for path in folder.iterdir():
+                day = _export_date(path.name)
+                if day:
+                    found[day] = str(path)
+    return dict(sorted(found.items()))
+
+
+def find_export(settings: Settings, inbox: str, run_date: date) -> tuple[date, str]:
+    """The newest export extracted on or before ``run_date``."""
+    exports = {d: p for d, p in list_exports(settings, inbox).items() if d <= run_date}
+    if not exports:
+        raise NoExportError(f"no hr_export_YYYY-MM-DD.csv dated on or before {run_date} in {inbox}")
+    as_of = max(exports)
+    return as_of, exports[as_of]
+
+
+def materialize_argv(end: datetime) -> list[str]:
+    """The worker command for incremental materialization (identical locally and in a pod)."""
+    return ["python", "-m", "features", "materialize-incremental", end.isoformat()]

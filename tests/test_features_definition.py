@@ -1,0 +1,77 @@
+"""The feature definitions, on rows computed by hand."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+import pyarrow as pa
+import pytest
+
+from core import settings as settings_mod
+from etl import features
+from etl.schema import RAW_COLUMNS, USED_COLUMNS
+
+ROOT_README = settings_mod.PROJECT_ROOT / "README.md"
+
+
+def raw_rows(*rows: dict) -> pa.Table:
+    base = {"EmployeeNumber": 1, "Attrition": "No", "OverTime": "No", "MonthlyIncome": 5000, "JobLevel": 2,
+            "TotalWorkingYears": 10, "YearsAtCompany": 4, "YearsSinceLastPromotion": 1,
+            "EnvironmentSatisfaction": 3, "JobSatisfaction": 3, "RelationshipSatisfaction": 3, "WorkLifeBalance": 3}
+    filled = [{**base, **row} for row in rows]
+    return pa.table({c: pa.array([r[c] for r in filled], RAW_COLUMNS[c]) for c in USED_COLUMNS})
+
+
+AS_OF = date(2026, 10, 31)
+
+
+def test_hand_computed_row():
+    row = features.compute(raw_rows({
+        "EmployeeNumber": 42, "OverTime": "Yes", "MonthlyIncome": 6500, "JobLevel": 3, "TotalWorkingYears": 12,
+        "YearsAtCompany": 8, "YearsSinceLastPromotion": 2, "EnvironmentSatisfaction": 1, "JobSatisfaction": 2,
+        "RelationshipSatisfaction": 4, "WorkLifeBalance": 3,
+    }), AS_OF).to_pylist()[0]
+    assert row["employee_id"] == 42
+    assert row["tenure"] == 8
+    assert row["salary_band"] == 3  # 6,000-9,999
+    assert row["overtime"] == 1
+    assert row["promotion_stagnation"] == pytest.approx(2 / 8)
+    assert row["career_velocity"] == pytest.approx(3 / 12)
+    assert row["overall_satisfaction"] == pytest.approx((1 + 2 + 4 + 3) / 4)
+    assert row["event_timestamp"] == datetime(2026, 10, 31, tzinfo=timezone.utc)
+    assert row["is_active"] is True
+    assert row["attrition"] == 0
+
+
+def test_zero_years_do_not_divide_by_zero():
+    row = features.compute(raw_rows({"YearsAtCompany": 0, "YearsSinceLastPromotion": 0, "TotalWorkingYears": 0,
+                                     "JobLevel": 1}), AS_OF).to_pylist()[0]
+    assert row["promotion_stagnation"] == 0.0
+    assert row["career_velocity"] == 1.0  # JobLevel / max(0, 1)
+
+
+@pytest.mark.parametrize("income, band", [(1009, 1), (2999, 1), (3000, 2), (5999, 2), (6000, 3), (9999, 3),
+                                          (10000, 4), (14999, 4), (15000, 5), (19999, 5)])
+def test_salary_band_edges(income, band):
+    assert features.compute(raw_rows({"MonthlyIncome": income}), AS_OF)["salary_band"][0].as_py() == band
+
+
+def test_leaver_is_inactive_and_labelled():
+    row = features.compute(raw_rows({"Attrition": "Yes"}), AS_OF).to_pylist()[0]
+    assert row["is_active"] is False
+    assert row["attrition"] == 1
+
+
+def test_output_has_no_personal_or_raw_columns():
+    table = features.compute(raw_rows({}), AS_OF)
+    assert table.column_names == ["employee_id", "event_timestamp", *features.FEATURE_NAMES,
+                                  "is_active", "attrition", "created_timestamp"]
+    forbidden = {"MonthlyIncome", "Age", "Gender", "MaritalStatus", "EmployeeNumber", "DailyRate", "HourlyRate",
+                 "MonthlyRate", "monthly_income", "salary"}
+    assert not forbidden & set(table.column_names)
+
+
+def test_readme_documents_exactly_these_features_and_settings():
+    readme = ROOT_README.read_text()
+    assert features.markdown_table() in readme, "README feature table is out of date: python -m etl describe"
+    assert settings_mod.markdown_table() in readme, "README settings table is out of date: python -m core.settings --markdown"

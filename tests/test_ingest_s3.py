@@ -1,0 +1,114 @@
+"""Ingest against the real S3 API server: layout, idempotence, raw kept, encryption, atomic partitions."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+
+import pytest
+
+from conftest import ROOT, run_cli
+from core import s3
+from etl import ingest as ing
+from etl.generate import export_name
+
+pytestmark = pytest.mark.integration
+
+
+def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
+    as_of = date(2026, 10, 31)
+    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", as_of.isoformat())
+    assert proc.returncode == 0, proc.stderr
+    assert "rows in" in proc.stdout and "features written to s3://" in proc.stdout
+    keys = s3.list_keys(stack, ing.partition_prefix(stack, as_of))
+    assert keys == [ing.partition_key(stack, as_of)]
+    raw_keys = s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
+    assert len(raw_keys) == 1
+    assert s3.get_bytes(stack, raw_keys[0]) == exports[-1].read_bytes(), "raw export kept byte for byte"
+    table = ing.read_partition(stack, as_of)
+    assert table.num_rows == sum(1 for _ in exports[-1].open()) - 1
+
+
+def test_rerun_replaces_never_duplicates(stack, exports):
+    as_of = date(2026, 9, 30)
+    first = ing.ingest(stack, str(exports[-2]), as_of)
+    second = ing.ingest(stack, str(exports[-2]), as_of)
+    assert second.raw_already_kept, "the second run finds the raw export already kept"
+    assert s3.list_keys(stack, ing.partition_prefix(stack, as_of)) == [ing.partition_key(stack, as_of)]
+    table = ing.read_partition(stack, as_of)
+    assert table.num_rows == first.rows_out == second.rows_out
+    assert table["employee_id"].to_pylist() == sorted(set(table["employee_id"].to_pylist()))
+
+
+def test_corrected_export_sits_beside_the_original(stack, exports, tmp_path):
+    as_of = date(2026, 8, 31)
+    original = exports[-3].read_bytes()
+    ing.ingest(stack, str(exports[-3]), as_of)
+    corrected = tmp_path / export_name(as_of)
+    lines = original.decode().splitlines()
+    corrected.write_text("\n".join(lines[:-5]) + "\n")  # five employees removed in the correction
+    ing.ingest(stack, str(corrected), as_of)
+    raw_keys = s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
+    assert len(raw_keys) == 2
+    assert original in {s3.get_bytes(stack, k) for k in raw_keys}, "the original raw export is untouched"
+    assert ing.read_partition(stack, as_of).num_rows == len(lines) - 1 - 5, "the partition now holds the correction"
+
+
+def test_objects_request_server_side_encryption(stack, exports):
+    as_of = date(2026, 10, 31)
+    ing.ingest(stack, str(exports[-1]), as_of)
+    head = s3.client(stack).head_object(Bucket=stack.s3_bucket, Key=ing.partition_key(stack, as_of))
+    assert head.get("ServerSideEncryption") == "AES256"
+
+
+def test_future_date_and_bad_file_are_clear_errors(stack, exports, tmp_path):
+    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", "2999-01-31")
+    assert proc.returncode == 2 and "in the future" in proc.stderr
+    bad = tmp_path / "hr_export_2026-07-31.csv"
+    bad.write_text("EmployeeNumber,Age\n1,30\n")
+    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31")
+    assert proc.returncode == 2
+    assert str(bad) in proc.stderr and "missing column(s)" in proc.stderr
+    assert s3.list_keys(stack, ing.partition_prefix(stack, date(2026, 7, 31))) == [], "nothing published"
+
+
+WRITER = """
+import sys
+from core import settings
+from core.s3 import put_bytes
+print("uploading", flush=True)
+put_bytes(settings.load(), sys.argv[1], b"x" * (400 * 1024 * 1024))
+print("finished", flush=True)
+"""
+
+
+def test_killed_writer_leaves_previous_partition_readable(stack, exports):
+    """SIGKILL the writer in the middle of a multipart upload: readers still see the old partition whole."""
+    as_of = date(2026, 10, 31)
+    ing.ingest(stack, str(exports[-1]), as_of)
+    key = ing.partition_key(stack, as_of)
+    before = ing.read_partition(stack, as_of)
+    client = s3.client(stack)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, key], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "uploading"
+        deadline = time.monotonic() + 30
+        in_progress = []
+        while time.monotonic() < deadline and not in_progress:
+            uploads = client.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=key).get("Uploads", [])
+            in_progress = [u for u in uploads if u["Key"] == key]
+            time.sleep(0.05)
+        assert in_progress, "the writer never started its multipart upload"
+        assert writer.poll() is None, "the writer finished before it could be interrupted"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    after = ing.read_partition(stack, as_of)
+    assert after.equals(before), "the partition readers see is the previous one, intact"
+    for upload in client.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=key).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=stack.s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"])
