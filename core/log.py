@@ -13,5 +13,5 @@ def setup(level: str | None = None) -> None:
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     # Feast and botocore are chatty at INFO; their warnings still show.
-    for noisy in ("botocore", "urllib3", "s3transfer", "feast.infra.registry", "fsspec", "asyncio"):
+    for noisy in ("botocore", "urllib3", "s3transfer", "feast.infra.registry", "fsspec", "asyncio", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -143,7 +143,15 @@ def up_s3(settings: Settings) -> tuple[Settings, ServiceStatus]:
         return settings, ServiceStatus("s3", endpoint, True, False, "remote, not managed")
     settings = _ensure_local_s3_credentials(settings)
     port = urlparse(settings.s3_endpoint_url).port or 8333
-    if not _running_pid(settings, "s3") and not _port_open(host, port):
+    ours = _running_pid(settings, "s3") is not None
+    if not ours and _port_open(host, port):
+        ok, err = _s3_check(settings)
+        if not ok:
+            raise StackError(
+                f"something else listens on {host}:{port} and refuses this stack's credentials ({err}). "
+                f"Stop it (another checkout's `make down`), or point FP_S3_ENDPOINT_URL at a free port."
+            )
+    if not ours and not _port_open(host, port):
         data_dir = settings.local_dir / "s3"
         data_dir.mkdir(parents=True, exist_ok=True)
         config = settings.local_dir / "run" / "s3-identities.json"

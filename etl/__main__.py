@@ -4,8 +4,8 @@
     python -m etl ingest data/exports/hr_export_2026-10-31.csv --as-of 2026-10-31
     python -m etl describe
 
-Exit status: 0 done, 2 the export breaks the raw contract (message names file and column),
-3 storage unreachable or refused.
+Exit status: 0 done, 1 rejected by validation (quarantined; the message names file, column and
+rule and where the report is), 2 unreadable export or bad arguments, 3 storage unreachable or refused.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from etl import features
 from etl import generate as gen
 from etl import ingest as ing
 from etl.schema import ContractError
+from expectations.gate import ValidationFailed
 
 
 def _date(text: str) -> date:
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("export", help="local CSV path or s3:// URI")
     i.add_argument("--as-of", type=_date, required=True, help="extraction date, YYYY-MM-DD (UTC)")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
+    i.add_argument("--no-validate", action="store_true", help="skip the Great Expectations gate (benchmarks, debugging)")
     sub.add_parser("describe", help="print the feature definitions as a Markdown table")
     args = parser.parse_args(argv)
     logsetup.setup()
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_mod.load()
     try:
-        result = ing.ingest(settings, args.export, args.as_of)
+        result = ing.ingest(settings, args.export, args.as_of, validate=not args.no_validate)
+    except ValidationFailed as exc:
+        print(f"error: rejected by validation, nothing published for {args.as_of}\n{exc}", file=sys.stderr)
+        return 1
     except (ContractError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

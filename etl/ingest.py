@@ -1,12 +1,14 @@
-"""Ingest one HR export: keep the raw file, compute the features, publish one Parquet partition.
+"""Ingest one HR export: keep it, validate it, compute the features, validate them, publish.
 
-Layout on S3 (prefixes from core.settings):
+    keep_raw -> validate raw -> stage_features -> validate features -> publish
 
-    <raw prefix>/extraction_date=YYYY-MM-DD/<sha256[:16]>-<file name>     raw export, never modified
-    <features prefix>/extraction_date=YYYY-MM-DD/part-0.parquet           features of that extraction
+Each step is a function of its own (the Airflow DAG runs them as separate tasks); ``ingest`` runs
+them in order, which is what ``python -m etl ingest`` does. Key layout: ``etl.layout``.
 
-A partition is one object, uploaded whole: readers see the previous version or the new one, never
-a half-written file, and re-running a date replaces its partition instead of adding rows.
+A partition is one object: it is staged under ``staging/`` and published with a server-side copy,
+so readers see the previous version or the new one, never a half-written file, and re-running a
+date replaces its partition instead of adding rows. A batch that fails validation is quarantined
+and nothing is published for its date; the previous partitions stay as they were.
 """
 
 from __future__ import annotations
@@ -26,23 +28,13 @@ import pyarrow.parquet as pq
 from core import s3
 from core.settings import Settings
 from etl import features, schema
+from etl.layout import PARTITION_FILE, list_partitions, partition_key, partition_prefix, raw_key, staging_key
+from expectations import gate
 
 log = logging.getLogger(__name__)
 
-PARTITION_FILE = "part-0.parquet"
-
-
-def partition_prefix(settings: Settings, as_of: date) -> str:
-    return f"{settings.s3_features_prefix}/extraction_date={as_of.isoformat()}/"
-
-
-def partition_key(settings: Settings, as_of: date) -> str:
-    return partition_prefix(settings, as_of) + PARTITION_FILE
-
-
-def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:
-    digest = hashlib.sha256(data).hexdigest()[:16]
-    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{file_name}"
+__all__ = ["PARTITION_FILE", "list_partitions", "partition_key", "partition_prefix", "raw_key", "ingest",
+           "keep_raw", "stage_features", "publish", "read_partition", "IngestResult"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +50,16 @@ class IngestResult:
     features_uri: str
     features_bytes: int
     seconds: float
+    validated: bool
 
     def summary(self) -> str:
         kept = "already kept" if self.raw_already_kept else "kept"
+        checked = "validated (raw and features suites passed)" if self.validated else "NOT validated (--no-validate)"
         return (f"ingested {self.source} as of {self.as_of}: {self.rows_in} rows in, {self.rows_out} feature rows out "
                 f"({self.active} active, {self.leavers} leaving) in {self.seconds:.2f}s\n"
                 f"  raw export {kept} at {self.raw_uri}\n"
-                f"  features written to {self.features_uri} ({self.features_bytes / 1e6:.1f} MB)")
+                f"  {checked}\n"
+                f"  features published to {self.features_uri} ({self.features_bytes / 1e6:.1f} MB)")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +75,12 @@ def read_source(settings: Settings, source: str) -> tuple[bytes, str]:
     if not path.is_file():
         raise FileNotFoundError(f"export not found: {source}")
     return path.read_bytes(), path.name
+
+
+def check_extraction_date(source: str, as_of: date) -> None:
+    today = datetime.now(timezone.utc).date()
+    if as_of > today:
+        raise schema.ContractError(f"{source}: extraction date {as_of} is in the future (today is {today} UTC)")
 
 
 def keep_raw(settings: Settings, as_of: date, data: bytes, file_name: str, client=None) -> tuple[str, bool]:
@@ -104,39 +105,62 @@ def transform(data: bytes, source: str, as_of: date) -> pa.Table:
     return table.sort_by(features.ENTITY_KEY)
 
 
-def ingest(settings: Settings, source: str, as_of: date) -> IngestResult:
+def _metadata(table: pa.Table, data: bytes) -> dict[str, str]:
+    return {"rows": str(table.num_rows), "source-sha256": hashlib.sha256(data).hexdigest()}
+
+
+def stage_features(settings: Settings, data: bytes, source: str, as_of: date, client=None) -> tuple[pa.Table, bytes, str]:
+    """Compute the features and write them to the staging key; return (table, parquet bytes, staging URI)."""
+    table = transform(data, source, as_of)
+    payload = to_parquet(table)
+    written = s3.put_bytes(settings, staging_key(settings, as_of), payload, metadata=_metadata(table, data), s3=client)
+    return table, payload, written.uri
+
+
+def publish(settings: Settings, as_of: date, client=None) -> str:
+    """Promote the staged partition of ``as_of`` with one server-side copy (atomic for readers)."""
+    client = client or s3.client(settings)
+    extra = {"MetadataDirective": "COPY"}
+    if settings.s3_sse:
+        extra["ServerSideEncryption"] = settings.s3_sse
+    key = partition_key(settings, as_of)
+    client.copy({"Bucket": settings.s3_bucket, "Key": staging_key(settings, as_of)}, settings.s3_bucket, key,
+                ExtraArgs=extra, Config=s3.TRANSFER)
+    client.delete_object(Bucket=settings.s3_bucket, Key=staging_key(settings, as_of))
+    return f"s3://{settings.s3_bucket}/{key}"
+
+
+def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
+           row_tolerance: float = 0.25) -> IngestResult:
+    """Run every ingest step for one export. Raises gate.ValidationFailed (batch quarantined),
+    schema.ContractError (unreadable export) or s3.StorageError."""
     started = time.perf_counter()
-    today = datetime.now(timezone.utc).date()
-    if as_of > today:
-        raise schema.ContractError(f"{source}: extraction date {as_of} is in the future (today is {today} UTC)")
+    if not validate:
+        check_extraction_date(source, as_of)  # otherwise the gate checks it, and quarantines the batch
     data, file_name = read_source(settings, source)
     client = s3.client(settings)
     s3.ensure_bucket(settings, client)
     # The raw file is kept before anything can reject it: a bad export is never lost.
     raw_uri, already = keep_raw(settings, as_of, data, file_name, client)
-    table = transform(data, source, as_of)
-    payload = to_parquet(table)
-    written = s3.put_bytes(settings, partition_key(settings, as_of), payload,
-                           metadata={"rows": str(table.num_rows), "source-sha256": hashlib.sha256(data).hexdigest()},
-                           s3=client)
+    if validate:
+        outcome = gate.validate(settings, "raw", source, as_of=as_of, data=data, row_tolerance=row_tolerance)
+        if not outcome.passed:
+            raise gate.ValidationFailed(outcome)
+    table, payload, staged_uri = stage_features(settings, data, source, as_of, client)
+    if validate:
+        outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance)
+        if not outcome.passed:
+            raise gate.ValidationFailed(outcome)
+    features_uri = publish(settings, as_of, client)
     active = pc.sum(pc.cast(table[features.ACTIVE], pa.int64())).as_py() or 0
     result = IngestResult(
         as_of=as_of.isoformat(), source=source, rows_in=table.num_rows, rows_out=table.num_rows,
         active=active, leavers=table.num_rows - active, raw_uri=raw_uri, raw_already_kept=already,
-        features_uri=written.uri, features_bytes=written.size, seconds=time.perf_counter() - started,
+        features_uri=features_uri, features_bytes=len(payload), seconds=time.perf_counter() - started,
+        validated=validate,
     )
-    log.info("ingest %s as of %s: %d rows -> %s", file_name, as_of, table.num_rows, written.uri)
+    log.info("ingest %s as of %s: %d rows -> %s", file_name, as_of, table.num_rows, features_uri)
     return result
-
-
-def list_partitions(settings: Settings) -> list[date]:
-    """Extraction dates that have a published features partition, oldest first."""
-    dates = set()
-    for key in s3.list_keys(settings, settings.s3_features_prefix + "/"):
-        part = key[len(settings.s3_features_prefix) + 1:].split("/", 1)[0]
-        if part.startswith("extraction_date=") and key.endswith(PARTITION_FILE):
-            dates.add(date.fromisoformat(part.split("=", 1)[1]))
-    return sorted(dates)
 
 
 def read_partition(settings: Settings, as_of: date) -> pa.Table:

@@ -22,7 +22,7 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     as_of = date(2026, 10, 31)
     proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", as_of.isoformat())
     assert proc.returncode == 0, proc.stderr
-    assert "rows in" in proc.stdout and "features written to s3://" in proc.stdout
+    assert "rows in" in proc.stdout and "features published to s3://" in proc.stdout
     keys = s3.list_keys(stack, ing.partition_prefix(stack, as_of))
     assert keys == [ing.partition_key(stack, as_of)]
     raw_keys = s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
@@ -65,13 +65,16 @@ def test_objects_request_server_side_encryption(stack, exports):
 
 
 def test_future_date_and_bad_file_are_clear_errors(stack, exports, tmp_path):
-    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", "2999-01-31")
+    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", "2999-01-31", "--no-validate")
     assert proc.returncode == 2 and "in the future" in proc.stderr
     bad = tmp_path / "hr_export_2026-07-31.csv"
     bad.write_text("EmployeeNumber,Age\n1,30\n")
-    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31")
+    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31", "--no-validate")
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "missing column(s)" in proc.stderr
+    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31")
+    assert proc.returncode == 1, proc.stderr
+    assert str(bad) in proc.stderr and "expect_table_columns_to_match_set" in proc.stderr
     assert s3.list_keys(stack, ing.partition_prefix(stack, date(2026, 7, 31))) == [], "nothing published"
 
 

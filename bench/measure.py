@@ -1,0 +1,220 @@
+"""One benchmark measurement, run in its own process: `python -m bench.measure etl|materialize SIZE`.
+
+Prints one JSON line: our time and peak RSS, the limit's time and peak RSS (each measured in a
+child of its own), and what the limit is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import redis
+
+from core import s3
+from core import settings as settings_mod
+from etl import generate as gen
+from etl import ingest as ing
+
+AS_OF = date(2026, 10, 31)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_settings() -> settings_mod.Settings:
+    base = settings_mod.load()
+    return replace(base, s3_bucket=os.environ.get("FP_BENCH_BUCKET", "fp-bench"),
+                   feast_project=os.environ.get("FP_BENCH_PROJECT", "bench"),
+                   registry_url=f"sqlite:///{base.local_dir / 'bench' / 'registry.db'}")
+
+
+def export_of(rows: int) -> Path:
+    """A single export with ``rows`` employees, generated once and cached under .local/bench."""
+    folder = settings_mod.load().local_dir / "bench" / f"export-{rows}"
+    path = folder / gen.export_name(AS_OF)
+    if not path.exists():
+        gen.generate(folder, employees=rows, months=1, end=AS_OF, seed=1)
+    return path
+
+
+# --- the measured parts, each in its own process -------------------------------------------
+
+def etl_ours(rows: int) -> dict:
+    settings = bench_settings()
+    s3.ensure_bucket(settings)
+    path = export_of(rows)
+    started = time.perf_counter()
+    ing.ingest(settings, str(path), AS_OF, validate=False)  # the gate is measured on its own below
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb()}
+
+
+def etl_limit(rows: int) -> dict:
+    """pyarrow read of the same CSV bytes, Parquet write of the whole table, upload of the result."""
+    settings = bench_settings()
+    s3.ensure_bucket(settings)
+    path = export_of(rows)
+    started = time.perf_counter()
+    table = pacsv.read_csv(io.BytesIO(path.read_bytes()))
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    s3.put_bytes(settings, f"bench/limit-{rows}.parquet", sink.getvalue())
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb()}
+
+
+def _features_partition(rows: int) -> bytes:
+    return ing.to_parquet(ing.transform(export_of(rows).read_bytes(), "bench", AS_OF))
+
+
+def validate_ours(rows: int) -> dict:
+    """The features suite on a partition, Great Expectations already imported (as in a worker)."""
+    from expectations import gate
+
+    import great_expectations  # noqa: F401  (import time is excluded, as the issue's target says)
+
+    settings = bench_settings()
+    payload = _features_partition(rows)
+    started = time.perf_counter()
+    outcome = gate.validate(settings, "features", "bench/part-0.parquet", as_of=AS_OF, data=payload,
+                            previous_rows=rows, quarantine=False, publish_report=False)
+    seconds = time.perf_counter() - started
+    if not outcome.passed:
+        raise SystemExit(outcome.message())
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def validate_limit(rows: int) -> dict:
+    """Reading the same partition into pandas and one vectorised range check per column."""
+    from etl import features as spec
+
+    payload = _features_partition(rows)
+    started = time.perf_counter()
+    frame = pq.read_table(io.BytesIO(payload)).to_pandas()
+    for name in spec.FEATURE_NAMES:
+        frame[name].between(-1e9, 1e9).all()
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_rss_mb()}
+
+
+def _prepare_materialization(entities: int) -> settings_mod.Settings:
+    settings = replace(bench_settings(), feast_project=f"bench_{entities}")
+    (settings.local_dir / "bench").mkdir(parents=True, exist_ok=True)
+    s3.ensure_bucket(settings)
+    settings = replace(settings, s3_features_prefix=f"bench/features-{entities}")
+    ing.ingest(settings, str(export_of(entities)), AS_OF, validate=False)
+    return settings
+
+
+def materialize_ours(entities: int) -> dict:
+    from features import store as fs  # Feast is slow to import; only this measurement needs it
+
+    settings = _prepare_materialization(entities)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    start = datetime(AS_OF.year, AS_OF.month, AS_OF.day, tzinfo=timezone.utc) - timedelta(days=1)
+    started = time.perf_counter()
+    fs.materialize(store, settings, datetime.now(timezone.utc), start=start)
+    seconds = time.perf_counter() - started
+    _drop_keys(settings)
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def materialize_limit(entities: int) -> dict:
+    """Raw redis-py pipelined HSETs of the same keys and serialized values, 10k per round trip."""
+    from feast.infra.online_stores.helpers import _mmh3, _redis_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from etl import features as spec
+
+    settings = replace(bench_settings(), feast_project=f"benchlimit_{entities}")
+    table = ing.transform(export_of(entities).read_bytes(), "bench", AS_OF)
+    ts = Timestamp()
+    ts.FromDatetime(datetime(AS_OF.year, AS_OF.month, AS_OF.day))
+    ts_field, ts_value = "_ts:employee_features".encode(), ts.SerializeToString()
+    fields = [_mmh3(f"employee_features:{f.name}") for f in spec.FEATURES]
+    columns = [table[f.name].to_pylist() for f in spec.FEATURES]
+    kinds = ["int64_val" if f.dtype == "int64" else "double_val" for f in spec.FEATURES]
+    payload = []
+    for i, employee_id in enumerate(table["employee_id"].to_pylist()):
+        key = _redis_key(settings.feast_project, EntityKey(join_keys=["employee_id"],
+                                                           entity_values=[Value(int64_val=employee_id)]))
+        mapping = {f: Value(**{k: col[i]}).SerializeToString() for f, k, col in zip(fields, kinds, columns)}
+        mapping[ts_field] = ts_value
+        payload.append((key, mapping))
+    client = redis.Redis.from_url(settings.redis_url)
+    started = time.perf_counter()
+    for begin in range(0, len(payload), 10_000):
+        with client.pipeline(transaction=False) as pipe:
+            for key, mapping in payload[begin:begin + 10_000]:
+                pipe.hset(key, mapping=mapping)
+            pipe.execute()
+    seconds = time.perf_counter() - started
+    _drop_keys(settings)
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def _drop_keys(settings: settings_mod.Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    suffix = settings.feast_project.encode()
+    batch = []
+    for key in client.scan_iter(match=b"*" + suffix, count=10_000):
+        if key.endswith(suffix):
+            batch.append(key)
+        if len(batch) >= 10_000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
+KINDS = {
+    "etl": (etl_ours, etl_limit, "pyarrow CSV read + Parquet write + S3 upload of the same export"),
+    "validate": (validate_ours, validate_limit,
+                 "pyarrow read of the same partition into pandas + one range check per feature"),
+    "materialize": (materialize_ours, materialize_limit,
+                    "raw pipelined redis-py HSET of the same keys and values (Feast's layout), 10k per round trip"),
+}
+
+
+def main(argv: list[str]) -> int:
+    kind, size = argv[0], int(argv[1])
+    ours, limit, what = KINDS[kind]
+    if len(argv) > 2:  # a child: run one side
+        side = ours if argv[2] == "ours" else limit
+        print(json.dumps(side(size)))
+        return 0
+    export_of(size)  # generate outside both measurements
+
+    def child(side: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "bench.measure", kind, str(size), side],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-4000:])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    limit_result = child("limit")
+    ours_result = child("ours")
+    print(json.dumps({"kind": kind, "size": size, "ours_s": ours_result["seconds"], "ours_peak_mb": ours_result["peak_mb"],
+                      "limit_s": limit_result["seconds"], "limit_peak_mb": limit_result["peak_mb"], "limit": what}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

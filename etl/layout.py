@@ -1,0 +1,45 @@
+"""Where each kind of object lives on S3: the one place that spells out keys.
+
+    <raw prefix>/extraction_date=D/<sha256[:16]>-<file name>      raw export, as received, never modified
+    staging/<features prefix>/extraction_date=D/part-0.parquet     features awaiting validation
+    <features prefix>/extraction_date=D/part-0.parquet             published features (what Feast reads)
+    <quarantine prefix>/<suite>/extraction_date=D/<run id>/        rejected batches with reason.json
+    validation-reports/<suite>/extraction_date=D/<run id>/         Data Docs of every validation
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+from core import s3
+from core.settings import Settings
+
+PARTITION_FILE = "part-0.parquet"
+
+
+def partition_prefix(settings: Settings, as_of: date) -> str:
+    return f"{settings.s3_features_prefix}/extraction_date={as_of.isoformat()}/"
+
+
+def partition_key(settings: Settings, as_of: date) -> str:
+    return partition_prefix(settings, as_of) + PARTITION_FILE
+
+
+def staging_key(settings: Settings, as_of: date) -> str:
+    return f"staging/{partition_key(settings, as_of)}"
+
+
+def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{file_name}"
+
+
+def list_partitions(settings: Settings) -> list[date]:
+    """Extraction dates that have a published features partition, oldest first."""
+    dates = set()
+    for key in s3.list_keys(settings, settings.s3_features_prefix + "/"):
+        part = key[len(settings.s3_features_prefix) + 1:].split("/", 1)[0]
+        if part.startswith("extraction_date=") and key.endswith(PARTITION_FILE):
+            dates.add(date.fromisoformat(part.split("=", 1)[1]))
+    return sorted(dates)

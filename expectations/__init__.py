@@ -1,0 +1,1 @@
+"""Great Expectations suites (suites/*.json, reviewed files) and the validation gate (gate.py)."""

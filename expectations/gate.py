@@ -1,0 +1,346 @@
+"""The validation gate: Great Expectations suites on a raw export or a features partition.
+
+A failed validation stops the pipeline before anything is published or served:
+
+* the batch is copied to ``<quarantine prefix>/<suite>/extraction_date=D/<run id>/`` with a
+  machine-readable ``reason.json`` (which expectation, which column, how many rows, sample values);
+* a human-readable report (Great Expectations Data Docs) is written locally and next to the data on S3;
+* the caller gets an Outcome whose ``message()`` names the file, the column and the rule.
+
+Expectations with severity "warning" are reported without blocking. Checks that must pass before
+a file can even be read as a table (encoding, a parseable row structure, each cell parsing as its
+column's type, the extraction date) are reported in the same form under rules named after them.
+
+Great Expectations is slow to import, so it is imported only here, where validation runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from core import s3
+from core.settings import Settings
+from etl.layout import list_partitions, partition_key
+from etl.schema import RAW_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+SUITES = {"raw": "raw_hr_export", "features": "employee_features"}
+SAMPLE_SIZE = 10
+DATE_IN_PATH = re.compile(r"(?:hr_export_|extraction_date=)(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass
+class Failure:
+    rule: str
+    column: str | None
+    severity: str  # "critical" blocks, "warning" is reported
+    unexpected_count: int | None
+    sample: list = field(default_factory=list)
+    detail: str = ""
+
+    def describe(self) -> str:
+        where = f"column {self.column}: " if self.column else ""
+        count = f" ({self.unexpected_count} rows)" if self.unexpected_count is not None else ""
+        sample = f", e.g. {self.sample[:5]}" if self.sample else ""
+        detail = f" - {self.detail}" if self.detail else ""
+        return f"{where}{self.rule}{count}{sample}{detail}"
+
+
+@dataclass
+class Outcome:
+    suite: str
+    source: str
+    as_of: str | None
+    rows: int | None
+    failures: list[Failure]
+    warnings: list[Failure]
+    report_path: str | None = None
+    report_uri: str | None = None
+    quarantine_uri: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def message(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED ({len(self.failures)} rule(s) broken)"
+        lines = [f"{self.source}: suite {self.suite} {verdict}" + (f", {self.rows} rows" if self.rows is not None else "")]
+        lines += [f"  error: {f.describe()}" for f in self.failures]
+        lines += [f"  warning: {w.describe()}" for w in self.warnings]
+        if self.report_path:
+            lines.append(f"  report: {self.report_path}")
+        if self.report_uri:
+            lines.append(f"  report on S3: {self.report_uri}")
+        if self.quarantine_uri:
+            lines.append(f"  quarantined at: {self.quarantine_uri}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+class ValidationFailed(RuntimeError):
+    def __init__(self, outcome: Outcome):
+        super().__init__(outcome.message())
+        self.outcome = outcome
+
+
+# --- reading batches -------------------------------------------------------------------------
+
+def as_of_from_path(source: str) -> date | None:
+    match = DATE_IN_PATH.search(source)
+    return date.fromisoformat(match.group(1)) if match else None
+
+
+def _jsonable(values) -> list:
+    out = []
+    for v in values:
+        if isinstance(v, tuple):
+            out.append([_jsonable([x])[0] for x in v])
+        elif hasattr(v, "item"):
+            out.append(v.item())
+        elif isinstance(v, (datetime, date, pd.Timestamp)):
+            out.append(v.isoformat())
+        else:
+            out.append(v)
+    return out
+
+
+def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
+    """The export as a typed frame for the suite, plus failures found while reading it.
+
+    Every column is read as text first so that one bad cell is reported (with its value) instead
+    of aborting the read; numeric columns are then parsed and unparseable cells become nulls.
+    """
+    if not data.strip():
+        return None, [Failure("file is empty", None, "critical", None, detail="expected a header and employee rows")]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return None, [Failure("encoding: UTF-8", None, "critical", None, [data[exc.start:exc.end].hex()],
+                              detail=f"line {line}, byte {exc.start}: {exc.reason}; re-export the file as UTF-8")]
+    try:
+        table = pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(encoding="utf8"),
+                               convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
+                                                                    auto_dict_encode=False,
+                                                                    include_missing_columns=False),
+                               parse_options=pacsv.ParseOptions(newlines_in_values=False))
+    except pa.ArrowInvalid as exc:
+        text = str(exc)
+        return None, [Failure("row structure", None, "critical", None,
+                              detail=f"{text} (a truncated or malformed row)")]
+    table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+    frame = table.to_pandas()
+    failures: list[Failure] = []
+    if data.startswith(b"\xef\xbb\xbf"):
+        failures.append(Failure("byte-order mark", None, "warning", None,
+                                detail="the file starts with a UTF-8 BOM; it was ignored when reading the header"))
+    for column, typ in RAW_COLUMNS.items():
+        if column not in frame.columns:
+            continue
+        text = frame[column].str.strip()
+        text = text.where(text != "", None)
+        if pa.types.is_integer(typ):
+            parsed = pd.to_numeric(text, errors="coerce")
+            bad = text[parsed.isna() & text.notna()]
+            if len(bad):
+                failures.append(Failure("type: integer", column, "critical", int(len(bad)),
+                                        _jsonable(bad.unique()[:SAMPLE_SIZE]), detail="values that are not whole numbers"))
+            non_integral = parsed.notna() & (parsed != parsed.round())
+            if non_integral.any():
+                failures.append(Failure("type: integer", column, "critical", int(non_integral.sum()),
+                                        _jsonable(text[non_integral].unique()[:SAMPLE_SIZE]), detail="fractional values"))
+                parsed = parsed.where(~non_integral)
+            frame[column] = parsed
+        else:
+            frame[column] = text
+    return frame, failures
+
+
+def load_features(data: bytes) -> pd.DataFrame:
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+def read_batch(settings: Settings, source: str) -> bytes:
+    if source.startswith("s3://"):
+        bucket, key = s3.parse_uri(source)
+        return s3.client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(source).read_bytes()
+
+
+# --- running the suite -------------------------------------------------------------------------
+
+def load_suite(name: str) -> dict:
+    return json.loads((SUITES_DIR / f"{name}.json").read_text())
+
+
+def _columns_of(expectation: dict) -> list[str]:
+    kwargs = expectation["kwargs"]
+    return [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+
+
+def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: Path | None):
+    """Validate ``frame``; return (failures, warnings, local report path)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    spec = load_suite(suite_name)
+    present = set(frame.columns)
+    # Expectations on a missing column would only raise; the column-set expectation reports it.
+    spec["expectations"] = [e for e in spec["expectations"] if set(_columns_of(e)) <= present]
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    actions = []
+    if docs_dir is not None:
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        context.add_data_docs_site(site_name="pipeline", site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["pipeline"]))
+    suite = context.suites.add(gx.ExpectationSuite(**spec))
+    batch = context.data_sources.add_pandas("batch").add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=f"{suite_name}_gate", validation_definitions=[definition], actions=actions,
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+    ))
+    result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
+    failures, warnings = [], []
+    for run_result in result.run_results.values():
+        for r in run_result.results:
+            if r.success:
+                continue
+            config = r.expectation_config
+            severity = getattr(config.severity, "value", str(config.severity)).lower()
+            kwargs = config.kwargs
+            column = kwargs.get("column") or (f"{kwargs['column_A']}, {kwargs['column_B']}" if "column_A" in kwargs else None)
+            details = r.result or {}
+            detail = (config.meta or {}).get("why", "")
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                detail = f"{detail}; raised {r.exception_info.get('exception_message')}"
+            if config.type == "expect_table_columns_to_match_set":
+                observed = details.get("observed_value") or []
+                expected = kwargs["column_set"]
+                missing = [c for c in expected if c not in observed]
+                unknown = [c for c in observed if c not in expected]
+                detail = f"missing: {missing or 'none'}; unknown: {unknown or 'none'}"
+            elif "observed_value" in details:
+                detail = f"{detail}; observed {details['observed_value']}"
+            failure = Failure(config.type, column, severity, details.get("unexpected_count"),
+                              _jsonable(details.get("partial_unexpected_list") or [])[:SAMPLE_SIZE], detail.strip("; "))
+            (failures if severity == "critical" else warnings).append(failure)
+    report = None
+    if docs_dir is not None:
+        pages = sorted(docs_dir.glob(f"validations/{suite_name}/**/*.html"), key=lambda p: p.stat().st_mtime)
+        report = str(pages[-1]) if pages else str(docs_dir / "index.html")
+    return failures, warnings, report
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+def previous_row_count(settings: Settings, as_of: date | None) -> int | None:
+    """Rows of the latest published features partition before ``as_of`` (from object metadata)."""
+    earlier = [d for d in list_partitions(settings) if as_of is None or d < as_of]
+    if not earlier:
+        return None
+    head = s3.client(settings).head_object(Bucket=settings.s3_bucket, Key=partition_key(settings, earlier[-1]))
+    rows = head.get("Metadata", {}).get("rows")
+    return int(rows) if rows else None
+
+
+def row_count_bounds(previous: int | None, tolerance: float) -> dict:
+    if previous is None:
+        return {"min_rows": 1, "max_rows": None}
+    return {"min_rows": max(1, int(previous * (1 - tolerance))), "max_rows": int(previous * (1 + tolerance)) + 1}
+
+
+def _publish_report(settings: Settings, report: str, docs_dir: Path, prefix: str, client) -> str:
+    """Upload the run's Data Docs page, the site index and its styles next to the data."""
+    page = Path(report)
+    files = [page, docs_dir / "index.html", *sorted((docs_dir / "static" / "styles").glob("*.css"))]
+    uri = None
+    for path in files:
+        if not path.exists():
+            continue
+        relative = path.relative_to(docs_dir).as_posix()
+        written = s3.put_bytes(settings, f"{prefix}/{relative}", path.read_bytes(),
+                               content_type="text/html" if path.suffix == ".html" else "text/css", s3=client)
+        if path == page:
+            uri = written.uri
+    return uri or ""
+
+
+def validate(settings: Settings, suite: str, source: str, *, as_of: date | None = None, data: bytes | None = None,
+             previous_rows: int | None = None, row_tolerance: float = 0.25, quarantine: bool = True,
+             publish_report: bool = True) -> Outcome:
+    """Validate one batch against suite "raw" or "features"; quarantine it when it fails."""
+    started = time.perf_counter()
+    suite_name = SUITES[suite]
+    as_of = as_of or as_of_from_path(source)
+    data = read_batch(settings, source) if data is None else data
+    pre_failures: list[Failure] = []
+    today = datetime.now(timezone.utc).date()
+    if as_of is not None and as_of > today:
+        pre_failures.append(Failure("extraction date not in the future", None, "critical", None, [as_of.isoformat()],
+                                    f"today is {today} UTC"))
+    pre_warnings: list[Failure] = []
+    if suite == "raw":
+        frame, read_failures = load_raw(data)
+        pre_failures += [f for f in read_failures if f.severity == "critical"]
+        pre_warnings += [f for f in read_failures if f.severity != "critical"]
+    else:
+        frame = load_features(data)
+    if previous_rows is None and publish_report:
+        previous_rows = previous_row_count(settings, as_of)
+    parameters = {**row_count_bounds(previous_rows, row_tolerance), "now": pd.Timestamp(datetime.now(timezone.utc))}
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    docs_dir = settings.local_dir / "reports" / "data_docs"
+    failures, warnings, report = [], [], None
+    if frame is not None:
+        failures, warnings, report = run_suite(suite_name, frame, parameters, docs_dir)
+    # A cell that failed to parse is also null; the type failure already says so, with the value.
+    typed = {(f.column, f.unexpected_count) for f in pre_failures if f.rule.startswith("type:")}
+    failures = [f for f in failures
+                if not (f.rule == "expect_column_values_to_not_be_null" and (f.column, f.unexpected_count) in typed)]
+    outcome = Outcome(suite_name, source, as_of.isoformat() if as_of else None,
+                      None if frame is None else len(frame), pre_failures + failures, pre_warnings + warnings, report)
+    client = s3.client(settings) if (publish_report or quarantine) else None
+    partition = f"extraction_date={as_of.isoformat() if as_of else 'unknown'}"
+    if publish_report and report:
+        outcome.report_uri = _publish_report(settings, report, docs_dir,
+                                             f"validation-reports/{suite_name}/{partition}/{run_id}", client)
+    if quarantine and not outcome.passed:
+        prefix = f"{settings.s3_quarantine_prefix}/{suite_name}/{partition}/{run_id}"
+        name = source.rstrip("/").rsplit("/", 1)[-1] or "batch"
+        s3.put_bytes(settings, f"{prefix}/{name}", data, s3=client)
+        reason = {"suite": suite_name, "source": source, "extraction_date": outcome.as_of, "rows": outcome.rows,
+                  "failures": [asdict(f) for f in outcome.failures], "warnings": [asdict(w) for w in outcome.warnings],
+                  "report": outcome.report_uri, "quarantined_at": run_id}
+        s3.put_bytes(settings, f"{prefix}/reason.json", json.dumps(reason, indent=2, default=str).encode(),
+                     content_type="application/json", s3=client)
+        outcome.quarantine_uri = f"s3://{settings.s3_bucket}/{prefix}/"
+    outcome.seconds = time.perf_counter() - started
+    if outcome.passed:
+        log.info("%s: suite %s passed (%s rows, %d warnings) in %.2fs", source, suite_name, outcome.rows,
+                 len(outcome.warnings), outcome.seconds)
+    else:
+        log.warning("%s: suite %s failed: %s", source, suite_name, "; ".join(f.describe() for f in outcome.failures))
+    return outcome

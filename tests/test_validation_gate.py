@@ -1,0 +1,191 @@
+"""The validation gate against the real S3 API server: every kind of bad input is stopped with a
+clear error naming file, column and rule, quarantined with its reason, kept raw, and never served."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from core import s3
+from etl import ingest as ing
+from etl.layout import partition_key, staging_key
+from expectations import gate
+
+pytestmark = pytest.mark.integration
+
+GOOD_DAY, BAD_DAY = date(2026, 9, 30), date(2026, 10, 31)
+
+
+@pytest.fixture(scope="module")
+def gate_settings(stack, exports):
+    """Its own features prefix, with the previous month published as the baseline."""
+    settings = replace(stack, s3_features_prefix="gate-test/features", s3_raw_prefix="gate-test/raw",
+                       s3_quarantine_prefix="gate-test/quarantine")
+    ing.ingest(settings, str(exports[-2]), GOOD_DAY)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def good_export(exports) -> bytes:
+    return exports[-1].read_bytes()
+
+
+def frame_of(data: bytes) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+
+
+def csv_of(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
+def edit(data: bytes, change) -> bytes:
+    frame = frame_of(data)
+    change(frame)
+    return csv_of(frame)
+
+
+def set_cells(column: str, value: str, rows=slice(0, 3)):
+    def change(frame):
+        frame.loc[frame.index[rows], column] = value
+    return change
+
+
+def duplicate_first_id(frame):
+    frame.loc[frame.index[1], "EmployeeNumber"] = frame.loc[frame.index[0], "EmployeeNumber"]
+
+
+CASES = {
+    "missing column": (lambda d: csv_of(frame_of(d).drop(columns=["JobLevel"])), "JobLevel",
+                       "expect_table_columns_to_match_set"),
+    "extra unknown column": (lambda d: edit(d, lambda f: f.insert(3, "Salary2", "1")), "Salary2",
+                             "expect_table_columns_to_match_set"),
+    "renamed column": (lambda d: csv_of(frame_of(d).rename(columns={"OverTime": "Overtime"})), "Overtime",
+                       "expect_table_columns_to_match_set"),
+    "wrong type": (lambda d: edit(d, set_cells("MonthlyIncome", "abc")), "MonthlyIncome", "type: integer"),
+    "null EmployeeNumber": (lambda d: edit(d, set_cells("EmployeeNumber", "")), "EmployeeNumber",
+                            "expect_column_values_to_not_be_null"),
+    "duplicate EmployeeNumber": (lambda d: edit(d, duplicate_first_id), "EmployeeNumber",
+                                 "expect_column_values_to_be_unique"),
+    "negative YearsAtCompany": (lambda d: edit(d, set_cells("YearsAtCompany", "-2")), "YearsAtCompany",
+                                "expect_column_values_to_be_between"),
+    "satisfaction 0": (lambda d: edit(d, set_cells("JobSatisfaction", "0")), "JobSatisfaction",
+                       "expect_column_values_to_be_between"),
+    "satisfaction 5": (lambda d: edit(d, set_cells("EnvironmentSatisfaction", "5")), "EnvironmentSatisfaction",
+                       "expect_column_values_to_be_between"),
+    "unknown category": (lambda d: edit(d, set_cells("Department", "Marketing & Sales")), "Department",
+                         "expect_column_values_to_be_in_set"),
+    "empty file": (lambda d: b"", None, "file is empty"),
+    "header-only file": (lambda d: d.split(b"\n", 1)[0] + b"\n", None, "expect_table_row_count_to_be_between"),
+    "truncated file": (lambda d: d[: len(d) // 2], None, "row structure"),
+    "non-UTF-8 bytes": (lambda d: d.replace(b"Sales", b"S\xe4les", 3), None, "encoding: UTF-8"),
+    "half the rows": (lambda d: b"\n".join(d.split(b"\n")[: len(d.split(b"\n")) // 2]) + b"\n", None,
+                      "expect_table_row_count_to_be_between"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_export_is_stopped_quarantined_and_not_served(case, gate_settings, good_export, tmp_path):
+    mutate, column, rule = CASES[case]
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(mutate(good_export))
+    baseline = s3.get_bytes(gate_settings, partition_key(gate_settings, GOOD_DAY))
+
+    with pytest.raises(gate.ValidationFailed) as raised:
+        ing.ingest(gate_settings, str(path), BAD_DAY)
+    outcome = raised.value.outcome
+    message = str(raised.value)
+    assert str(path) in message
+    assert any(f.rule == rule and (column is None or column in (f.column or "") + f.detail)
+               for f in outcome.failures), message
+    if column:
+        assert column in message
+    assert rule in message
+
+    # Quarantined with a machine-readable reason.
+    assert outcome.quarantine_uri
+    _, prefix = s3.parse_uri(outcome.quarantine_uri)
+    keys = s3.list_keys(gate_settings, prefix)
+    assert f"{prefix}{path.name}" in keys and f"{prefix}reason.json" in keys
+    reason = json.loads(s3.get_bytes(gate_settings, f"{prefix}reason.json"))
+    assert reason["source"] == str(path) and any(f["rule"] == rule for f in reason["failures"])
+    assert s3.get_bytes(gate_settings, f"{prefix}{path.name}") == path.read_bytes()
+
+    # Nothing lost: the raw export is kept as received. Nothing served: no partition for the bad
+    # date, and the previous good partition is untouched.
+    raw_keys = s3.list_keys(gate_settings, f"{gate_settings.s3_raw_prefix}/extraction_date={BAD_DAY}/")
+    assert path.read_bytes() in {s3.get_bytes(gate_settings, k) for k in raw_keys}
+    assert not s3.exists(gate_settings, partition_key(gate_settings, BAD_DAY))
+    assert s3.get_bytes(gate_settings, partition_key(gate_settings, GOOD_DAY)) == baseline
+
+    # The human-readable report exists locally and on S3.
+    if outcome.rows is not None:
+        assert outcome.report_path and outcome.report_path.endswith(".html")
+        _, report_key = s3.parse_uri(outcome.report_uri)
+        assert b"<html" in s3.get_bytes(gate_settings, report_key)[:2000].lower()
+
+
+def test_future_extraction_date_is_refused(gate_settings, good_export, tmp_path):
+    future = date.today() + timedelta(days=3)
+    path = tmp_path / f"hr_export_{future}.csv"
+    path.write_bytes(good_export)
+    outcome = gate.validate(gate_settings, "raw", str(path), as_of=future)
+    assert not outcome.passed
+    assert outcome.failures[0].rule == "extraction date not in the future"
+    assert outcome.quarantine_uri
+    proc = run_cli("etl", "ingest", str(path), "--as-of", future.isoformat())
+    assert proc.returncode == 1 and "extraction date not in the future" in proc.stderr, proc.stderr
+    assert not s3.exists(gate_settings, partition_key(gate_settings, future))
+
+
+def test_bom_is_accepted_with_a_warning(gate_settings, good_export, tmp_path):
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + good_export)
+    outcome = gate.validate(gate_settings, "raw", str(path), as_of=BAD_DAY, quarantine=False)
+    assert outcome.passed, outcome.message()
+    assert [w.rule for w in outcome.warnings] == ["byte-order mark"]
+
+
+def test_good_export_passes_both_suites_and_is_published(gate_settings, good_export, tmp_path):
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(good_export)
+    result = ing.ingest(gate_settings, str(path), BAD_DAY)
+    assert result.validated
+    assert s3.exists(gate_settings, partition_key(gate_settings, BAD_DAY))
+    assert not s3.exists(gate_settings, staging_key(gate_settings, BAD_DAY)), "staging is cleaned up"
+    s3.client(gate_settings).delete_object(Bucket=gate_settings.s3_bucket, Key=partition_key(gate_settings, BAD_DAY))
+
+
+def test_warning_expectations_report_without_blocking(gate_settings, good_export, tmp_path):
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(edit(good_export, set_cells("MonthlyIncome", "60000", rows=slice(0, 1))))
+    outcome = gate.validate(gate_settings, "raw", str(path), as_of=BAD_DAY, quarantine=False)
+    assert outcome.passed, outcome.message()
+    assert any(w.column == "MonthlyIncome" and w.sample == [60000] for w in outcome.warnings)
+
+
+def test_bad_features_partition_fails_the_features_suite(gate_settings, tmp_path):
+    table = ing.read_partition(gate_settings, GOOD_DAY).to_pandas()
+    table.loc[table.index[:4], "promotion_stagnation"] = 1.5
+    table.loc[table.index[:2], "overtime"] = 2
+    path = tmp_path / "part-0.parquet"
+    table.to_parquet(path)
+    proc = run_cli("expectations", "validate", "--suite", "features", str(path), "--as-of", str(GOOD_DAY),
+                   "--previous-rows", str(len(table)))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "column promotion_stagnation: expect_column_values_to_be_between (4 rows)" in proc.stdout
+    assert "column overtime: expect_column_values_to_be_in_set (2 rows)" in proc.stdout
+    assert "report:" in proc.stdout and "quarantined at: s3://" in proc.stdout
+
+
+def test_real_published_partition_passes_the_features_suite_cli(gate_settings):
+    uri = f"s3://{gate_settings.s3_bucket}/{partition_key(gate_settings, GOOD_DAY)}"
+    proc = run_cli("expectations", "validate", "--suite", "features", uri, "--no-quarantine",
+                   env={"FP_S3_FEATURES_PREFIX": gate_settings.s3_features_prefix})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "passed" in proc.stdout
