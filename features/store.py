@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import s3fs
-from feast import FeatureStore
+from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
+from feast.errors import FeastObjectNotFoundException
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.settings import Settings
 from etl import features as spec
@@ -46,12 +48,78 @@ def forget_cached_listings() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def apply(store: FeatureStore, settings: Settings) -> list[str]:
-    from features.definitions import build  # Feast object construction is only needed when applying
+def _label(obj) -> str:
+    return f"{type(obj).__name__} {obj.name}"
+
+
+def _registered(store: FeatureStore, obj):
+    getters = {Entity: store.get_entity, FeatureView: store.get_feature_view,
+               FeatureService: store.get_feature_service, FileSource: store.get_data_source}
+    try:
+        return getters[type(obj)](obj.name)
+    except FeastObjectNotFoundException:
+        return None
+
+
+# Filled in or stamped by the registry, not defined by the user (entity_columns is inferred at apply).
+_REGISTRY_FIELDS = {"meta", "entity_columns", "created_timestamp", "last_updated_timestamp"}
+
+
+def _strip_registry_fields(message) -> None:
+    for field_desc, value in list(message.ListFields()):
+        if field_desc.name in _REGISTRY_FIELDS:
+            message.ClearField(field_desc.name)
+        elif field_desc.message_type is not None and not field_desc.message_type.GetOptions().map_entry:
+            for item in ([value] if hasattr(value, "ListFields") else value):
+                _strip_registry_fields(item)
+
+
+def _definition(obj):
+    """What a user defines of an object: its spec, without what the registry fills in or stamps."""
+    proto = obj.to_proto()
+    spec_ = proto.spec if hasattr(proto, "spec") else proto
+    spec_ = type(spec_).FromString(spec_.SerializeToString())
+    _strip_registry_fields(spec_)
+    return spec_
+
+
+def _is_changed(store: FeatureStore, obj) -> bool:
+    registered = _registered(store, obj)
+    return registered is None or _definition(registered) != _definition(obj)
+
+
+def changed_definitions(store: FeatureStore, settings: Settings) -> list[str]:
+    """Repository objects that differ from (or are missing in) the registry."""
+    from features.definitions import build  # Feast object construction is only needed here
+
+    return [_label(o) for o in build(settings) if _is_changed(store, o)]
+
+
+def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False) -> list[str]:
+    """Register the definitions; return what was applied. Materialization watermarks survive.
+
+    An apply that replaces a feature view must not reset its materialization intervals, or the
+    next incremental run would re-read the whole TTL window (or, worse, skip nothing it should).
+    The intervals are read before and restored after if the registry lost them.
+    """
+    from features.definitions import build
 
     objects = list(build(settings))
+    changed = [o for o in objects if _is_changed(store, o)]
+    if only_if_changed and not changed:
+        log.info("feature definitions unchanged; nothing to apply")
+        return []
+    existing = _registered(store, next(o for o in objects if isinstance(o, FeatureView)))
+    intervals = list(existing.materialization_intervals) if existing else []
     store.apply(objects)
-    names = [f"{type(o).__name__} {o.name}" for o in objects]
+    if intervals:
+        view = store.get_feature_view(FEATURE_VIEW)
+        if list(view.materialization_intervals) != intervals:
+            log.warning("apply reset the materialization intervals of %s; restoring %d", FEATURE_VIEW, len(intervals))
+            for start, end in intervals:
+                store.registry.apply_materialization(view, store.project, start, end, commit=False)
+            store.registry.commit()
+    names = [_label(o) for o in (changed if only_if_changed else objects)]
     log.info("applied %s", ", ".join(names))
     return names
 
@@ -101,6 +169,38 @@ def retire(store: FeatureStore, employee_ids: set[int]) -> int:
     return removed
 
 
+def clear_same_timestamp(store: FeatureStore, settings: Settings, start: datetime, end: datetime) -> int:
+    """Make room for corrected rows of an already-materialized window.
+
+    Feast writes a row to Redis only if its event time is newer than the stored one, so a corrected
+    export (same extraction date, same event time) would never replace the served values. For each
+    entity in the window whose online value carries exactly the window row's event time, the online
+    value is removed so that the materialization that follows writes the corrected one; values from
+    a newer extraction are left alone, so a backfill never puts older data over newer.
+    """
+    dataset = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
+                           filesystem=_s3_filesystem(settings), partitioning="hive")
+    rows = dataset.to_table(columns=[spec.ENTITY_KEY, spec.TIMESTAMP],
+                            filter=(pc.field(spec.TIMESTAMP) >= start) & (pc.field(spec.TIMESTAMP) < end))
+    if rows.num_rows == 0:
+        return 0
+    config = store.config
+    view_ts_field = f"_ts:{FEATURE_VIEW}".encode()
+    client = store._get_provider().online_store._get_client(config.online_store)
+    ids = rows[spec.ENTITY_KEY].to_pylist()
+    stamps = [Timestamp(seconds=int(t.timestamp())) for t in rows[spec.TIMESTAMP].to_pylist()]
+    keys = [_redis_key(config.project, EntityKeyProto(join_keys=[spec.ENTITY_KEY], entity_values=[ValueProto(int64_val=i)]),
+                       config.entity_key_serialization_version) for i in ids]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, view_ts_field)
+        stored = pipe.execute()
+    same = [i for i, (raw, stamp) in enumerate(zip(stored, stamps)) if raw and Timestamp.FromString(raw) == stamp]
+    if same:
+        retire(store, {ids[i] for i in same})
+    return len(same)
+
+
 @dataclass(frozen=True)
 class MaterializeResult:
     mode: str
@@ -126,9 +226,11 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
         store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
         mode = "incremental"
     else:
+        cleared = clear_same_timestamp(store, settings, start, end)
         store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
-        mode = f"window from {start.isoformat()}"
-    active, leavers = entities_to_retire(settings, end)
+        mode = f"window from {start.isoformat()}, {cleared} corrected rows refreshed"
+    # Who is active is decided by the newest published extraction, whatever window was loaded.
+    active, leavers = entities_to_retire(settings, datetime.now(timezone.utc))
     retired = retire(store, leavers)
     result = MaterializeResult(mode, end.isoformat(), time.perf_counter() - started, len(active), retired)
     log.info(result.summary())

@@ -1,8 +1,10 @@
-"""`python -m pipeline demo`: the nightly job end to end on the current configuration.
+"""`python -m pipeline demo`: the nightly job end to end, as Airflow runs it, on this machine.
 
-Generates a synthetic HR history into the inbox when it is empty, then for the latest export:
-ingest (raw kept, features published) -> feast apply -> materialize-incremental -> print one
-employee's online feature vector in the feature service's declared order.
+Generates a synthetic HR history into the inbox when it is empty, then runs the nightly DAG
+`hr_feature_pipeline` in-process (Airflow's `dag.test()`, metadata in a local SQLite DB) on the
+current configuration: keep raw -> validate -> features -> validate -> publish -> feast apply ->
+materialize-incremental -> online store checks. It ends by printing one employee's online feature
+vector in the feature service's declared order.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from pathlib import Path
 from core import log as logsetup
 from core import settings as settings_mod
 from etl import generate as gen
-from etl import ingest as ing
-from features import store as fs
 from pipeline import steps
 
 
@@ -27,33 +27,43 @@ def demo(inbox: Path, employees: int, months: int, employee_id: int | None) -> i
     started = time.perf_counter()
     today = datetime.now(timezone.utc).date()
     if not steps.list_exports(settings, str(inbox)):
-        print(f"[1/5] generating {months} monthly HR exports for ~{employees} employees into {inbox}")
+        print(f"[1/4] generating {months} monthly HR exports for ~{employees} employees into {inbox}")
         gen.generate(inbox, employees, months, gen.previous_month_end(today))
     else:
-        print(f"[1/5] using the HR exports already in {inbox}")
-    as_of, export = steps.find_export(settings, str(inbox), today)
-    print(f"[2/5] ingesting {export}")
-    result = ing.ingest(settings, export, as_of)
-    print("      " + result.summary().replace("\n", "\n      "))
+        print(f"[1/4] using the HR exports already in {inbox}")
+
+    from orchestration import local_airflow  # sets Airflow's environment before Airflow is imported
+
+    local_airflow.configure(settings)
+    print(f"[2/4] Airflow metadata DB in {settings.local_dir / 'airflow'}")
+    local_airflow.ensure_metadata_db()
+    print("[3/4] running DAG hr_feature_pipeline (nightly job) in-process")
+    run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox.resolve())})
+    for task_id, task_state in local_airflow.task_states("hr_feature_pipeline", run_id).items():
+        print(f"      {task_id:28} {task_state}")
+    print(f"      run {run_id}: {state}")
+    if state != "success":
+        print(f"the nightly run did not succeed; task logs: {settings.local_dir / 'airflow' / 'logs'}", file=sys.stderr)
+        return 1
+
+    from etl.ingest import read_partition
+    from etl.layout import list_partitions
+    from features import store as fs
+
     store = fs.open_store(settings)
-    print("[3/5] feast apply")
-    fs.apply(store, settings)
-    print("[4/5] feast materialize-incremental")
-    materialized = fs.materialize(store, settings, datetime.now(timezone.utc))
-    print("      " + materialized.summary())
-    partition = ing.read_partition(settings, as_of)
-    active_ids = partition.filter(partition["is_active"])["employee_id"].to_pylist()
-    chosen = employee_id if employee_id is not None else active_ids[0]
+    partition = read_partition(settings, list_partitions(settings)[-1])
+    chosen = employee_id if employee_id is not None else partition.filter(partition["is_active"])["employee_id"][0].as_py()
     vector = fs.online_vectors(store, [chosen])[chosen]
     names = [r.split(":", 1)[1] for r in fs.feature_refs(store)]
-    print(f"[5/5] online feature vector of employee {chosen} ({fs.FEATURE_SERVICE}, in declared order):")
+    print(f"[4/4] online feature vector of employee {chosen} ({fs.FEATURE_SERVICE}, in declared order):")
     print(json.dumps(dict(zip(names, vector)), indent=2))
     print(f"done in {time.perf_counter() - started:.1f}s")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the nightly job once, end to end, and show its result")
     d.add_argument("--inbox", type=Path, default=Path("data/exports"), help="folder of HR exports")
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--months", type=int, default=36)
     d.add_argument("--employee-id", type=int, default=None, help="whose vector to show (default: first active)")
     args = parser.parse_args(argv)
-    logsetup.setup()
+    logsetup.setup("WARNING")
     return demo(args.inbox, args.employees, args.months, args.employee_id)
 
 

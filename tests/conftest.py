@@ -7,11 +7,13 @@ removes its Redis keys at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +27,19 @@ from etl import generate as gen
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get("FP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_configure(config):
+    """Give the test session its own Airflow home before anything imports Airflow (it reads its
+    configuration once, at import)."""
+    import tempfile
+
+    from orchestration.local_airflow import airflow_env
+
+    home = Path(tempfile.mkdtemp(prefix="fp-test-airflow-"))
+    env = airflow_env(settings_mod.load())
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"})
+    os.environ.update(env)
 
 
 def free_port() -> int:
@@ -75,3 +90,68 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subpro
     """Run one of our CLIs as an operator would, with this process's environment."""
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+class WebhookListener:
+    """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it (alert receiver)."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    received.append(json.loads(body))
+                except ValueError:
+                    received.append({"raw": body.decode(errors="replace")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, predicate, timeout: float) -> list:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            matching = [r for r in self.received if predicate(r)]
+            if matching:
+                return matching
+            time.sleep(0.5)
+        return []
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    listener = WebhookListener()
+    yield listener
+    listener.close()
+
+
+def isolated(stack: Settings, tmp_path: Path, name: str) -> Settings:
+    """Settings with their own features prefix, Feast project and SQLite registry."""
+    token = secrets.token_hex(3)
+    return replace(stack, s3_features_prefix=f"{name}-{token}/features", s3_raw_prefix=f"{name}-{token}/raw",
+                   feast_project=f"{stack.feast_project}_{name}{token}",
+                   registry_url=f"sqlite:///{tmp_path / f'{name}-registry.db'}")
+
+
+def ingest_exports(settings: Settings, paths: list[Path]) -> None:
+    from etl import ingest as ing
+
+    for path in paths:
+        ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)

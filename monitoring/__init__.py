@@ -1,0 +1,1 @@
+"""Online store health checks (freshness, coverage, eviction) and their metrics."""

@@ -1,0 +1,108 @@
+"""Alerts: one small notifier for task failures, retry exhaustion and missed deadlines.
+
+Where alerts go comes from the environment (an Airflow Variable or a Kubernetes Secret can feed it):
+
+* ``FP_ALERT_WEBHOOK_URL``: a URL that receives a JSON POST;
+* ``FP_ALERT_FORMAT``: ``generic`` (default; the JSON document below) or ``slack`` (a Slack incoming
+  webhook payload, ``{"text": ...}``).
+
+With no URL set, alerts are logged only. The deadline callback is async: Airflow runs it in the
+triggerer, which is where callbacks must run under the KubernetesExecutor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+log = logging.getLogger(__name__)
+
+
+def _destination() -> tuple[str | None, str]:
+    return os.environ.get("FP_ALERT_WEBHOOK_URL") or None, os.environ.get("FP_ALERT_FORMAT", "generic").lower()
+
+
+def render(alert: dict[str, Any], fmt: str) -> bytes:
+    if fmt == "slack":
+        lines = [f":rotating_light: *{alert['title']}*"]
+        lines += [f"*{k}*: {v}" for k, v in alert.items() if k not in {"title", "kind"} and v not in (None, "")]
+        return json.dumps({"text": "\n".join(lines)}).encode()
+    return json.dumps(alert, default=str).encode()
+
+
+def post(alert: dict[str, Any]) -> bool:
+    """Send one alert synchronously; return whether it was delivered (failures are logged, not raised)."""
+    url, fmt = _destination()
+    log.error("ALERT %s", json.dumps(alert, default=str))
+    if not url:
+        return False
+    request = urllib.request.Request(url, data=render(alert, fmt), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return 200 <= response.status < 300
+    except OSError as exc:
+        log.error("could not deliver the alert to %s: %s", url, exc)
+        return False
+
+
+async def post_async(alert: dict[str, Any]) -> bool:
+    import httpx  # already a dependency of Airflow; only the triggerer path needs it
+
+    url, fmt = _destination()
+    log.error("ALERT %s", json.dumps(alert, default=str))
+    if not url:
+        return False
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(url, content=render(alert, fmt), headers={"Content-Type": "application/json"})
+        return response.is_success
+    except httpx.HTTPError as exc:
+        log.error("could not deliver the alert to %s: %s", url, exc)
+        return False
+
+
+def task_failure_alert(context: dict[str, Any]) -> dict[str, Any]:
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run = context.get("dag_run")
+    max_tries = getattr(getattr(ti, "task", None), "retries", 0) + 1 if ti else None
+    try_number = getattr(ti, "try_number", None)
+    exception = context.get("exception")
+    return {
+        "kind": "task_failed",
+        "title": f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')} failed",
+        "dag_id": getattr(ti, "dag_id", None),
+        "task_id": getattr(ti, "task_id", None),
+        "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
+        "try": f"{try_number}/{max_tries}" if try_number else None,
+        "retries_exhausted": bool(try_number and max_tries and try_number >= max_tries),
+        "log_url": getattr(ti, "log_url", None),
+        "error": f"{type(exception).__name__}: {exception}" if exception else None,
+    }
+
+
+class AlertNotifier(BaseNotifier):
+    """on_failure_callback: the task failed after its last retry (Airflow calls it only then)."""
+
+    template_fields = ()
+
+    def notify(self, context):
+        post(task_failure_alert(context))
+
+
+async def deadline_missed(dag_id: str, deadline: str, context: dict | None = None, **_: Any) -> None:
+    """AsyncCallback of the nightly DAG's Deadline Alert."""
+    dag_run = (context or {}).get("dag_run") or {}
+    run_id = dag_run.get("run_id") if isinstance(dag_run, dict) else getattr(dag_run, "run_id", None)
+    await post_async({
+        "kind": "deadline_missed",
+        "title": f"{dag_id} missed its deadline ({deadline})",
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "deadline": deadline,
+        "context": {k: str(v) for k, v in (context or {}).items() if k in {"deadline", "dag_run"}},
+    })

@@ -1,0 +1,120 @@
+"""One factory decides where a heavy step runs: a KubernetesPodOperator or a local subprocess.
+
+Both run the identical argv with the identical non-secret environment; only the transport
+differs. In Kubernetes the secrets come from a Secret (``envFrom``), locally from the process
+environment. ``worker_spec`` is what both are built from, so a test can render both and compare.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from airflow.sdk import BaseOperator
+
+from core.settings import Settings, raw
+
+log = logging.getLogger(__name__)
+
+# Non-secret settings passed explicitly to the worker; secrets travel in the Secret below.
+PASSED_SETTINGS = (
+    "FP_S3_ENDPOINT_URL", "FP_S3_REGION", "FP_S3_BUCKET", "FP_S3_RAW_PREFIX", "FP_S3_FEATURES_PREFIX",
+    "FP_S3_QUARANTINE_PREFIX", "FP_S3_SSE", "FP_FEAST_PROJECT", "FP_MATERIALIZE_BATCH_SIZE",
+)
+# The Kubernetes version the manifests and pod specs are validated against (kubernetes-validate).
+TARGET_KUBERNETES_VERSION = "1.33.0"
+SECRET_NAME = "feature-platform-credentials"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, FP_REDIS_URL, FP_REGISTRY_URL
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str = "500m"
+    cpu_limit: str = "2"
+    memory_request: str = "1Gi"
+    memory_limit: str = "3Gi"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    task_id: str
+    argv: list[str]
+    env: dict[str, str]
+    resources: Resources = field(default_factory=Resources)
+
+
+def worker_spec(task_id: str, argv: list[str], settings: Settings, resources: Resources | None = None) -> WorkerSpec:
+    env = {name: raw(name) for name in PASSED_SETTINGS}
+    env["FP_S3_ENDPOINT_URL"] = settings.s3_endpoint_url or ""
+    env["FP_S3_BUCKET"] = settings.s3_bucket
+    env["FP_FEAST_PROJECT"] = settings.feast_project
+    return WorkerSpec(task_id, list(argv), env, resources or Resources())
+
+
+class LocalCommandOperator(BaseOperator):
+    """Run an argv as a subprocess, streaming its output into the task log; fail on non-zero exit."""
+
+    template_fields = ("argv", "env")
+
+    def __init__(self, *, argv: list[str], env: dict[str, str], **kwargs):
+        super().__init__(**kwargs)
+        self.argv = argv
+        self.env = env
+
+    def execute(self, context):
+        argv = list(self.argv)
+        if argv[0] == "python":
+            argv[0] = sys.executable  # the same interpreter (and virtual environment) as the worker
+        self.log.info("running: %s", " ".join(argv))
+        proc = subprocess.Popen(argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            self.log.info("%s", line.rstrip())
+        code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"`{' '.join(self.argv)}` exited with status {code}; its output is above")
+
+
+def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    return KubernetesPodOperator(
+        task_id=spec.task_id,
+        name=spec.task_id.replace("_", "-"),
+        namespace=settings.k8s_namespace,
+        image=settings.worker_image,
+        cmds=spec.argv[:1],
+        arguments=spec.argv[1:],
+        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec.env.items()],
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=SECRET_NAME))],
+        service_account_name=settings.k8s_service_account,
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": spec.resources.cpu_request, "memory": spec.resources.memory_request},
+            limits={"cpu": spec.resources.cpu_limit, "memory": spec.resources.memory_limit},
+        ),
+        security_context=k8s.V1PodSecurityContext(run_as_non_root=True, run_as_user=10001, run_as_group=10001,
+                                                  fs_group=10001, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
+        container_security_context=k8s.V1SecurityContext(
+            allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        # A writable /tmp on a read-only root filesystem (Feast, pyarrow and botocore write temp files).
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi"))],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        labels={"app.kubernetes.io/part-of": "hr-feature-platform", "app.kubernetes.io/component": spec.task_id},
+        get_logs=True,
+        on_finish_action="delete_pod",
+        startup_timeout_seconds=600,
+        **kwargs,
+    )
+
+
+def worker_task(task_id: str, argv: list[str], settings: Settings, resources: Resources | None = None, **kwargs):
+    """The operator for a heavy step, chosen by FP_RUNNER (``local`` or ``kubernetes``)."""
+    spec = worker_spec(task_id, argv, settings, resources)
+    if settings.runner == "kubernetes":
+        return kubernetes_operator(spec, settings, **kwargs)
+    return LocalCommandOperator(task_id=spec.task_id, argv=spec.argv, env=spec.env, **kwargs)

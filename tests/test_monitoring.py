@@ -1,0 +1,135 @@
+"""Online store health checks against real servers: the machine's Redis, and a dedicated
+valkey-server started on a free port with a small maxmemory and an evicting policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+import devstack
+from conftest import free_port, ingest_exports, isolated, run_cli
+from features import store as fs
+from monitoring import health
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def materialized(stack, exports, tmp_path_factory):
+    settings = isolated(stack, tmp_path_factory.mktemp("mon"), "mon")
+    ingest_exports(settings, exports[-2:])
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    fs.materialize(store, settings, datetime.now(timezone.utc))
+    return settings
+
+
+def _env(settings) -> dict:
+    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_FEAST_PROJECT": settings.feast_project,
+            "FP_REGISTRY_URL": settings.registry_url, "FP_REDIS_URL": settings.redis_url}
+
+
+def test_fresh_complete_store_is_healthy(materialized, tmp_path):
+    metrics = tmp_path / "online_store.prom"
+    proc = run_cli("monitoring", "check", "--json", "--metrics-file", str(metrics), env=_env(materialized))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["healthy"] and report["active_missing"] == 0 and report["stale_active"] == 0
+    assert report["entities_online"] == report["active_expected"] > 0
+    assert set(report["age_seconds"]) == {"oldest", "median", "newest"}
+    text = metrics.read_text()
+    assert 'feature_store_online_healthy{feature_view="employee_features"' in text
+    assert "feature_store_online_coverage_ratio" in text and "feature_store_online_evicted_keys" in text
+
+
+def test_stale_values_fail_freshness(materialized):
+    later = datetime.now(timezone.utc) + timedelta(days=90)
+    report = health.check(materialized, now=later, save=False)
+    assert not report.healthy
+    assert report.stale_active == report.active_expected
+    assert any(f"{report.stale_active} active employees are served values older" in p for p in report.problems)
+    assert health.check(materialized, save=False).healthy, "at the real time the same data is fresh"
+
+
+def test_materializing_an_older_partition_only_is_stale(stack, exports, tmp_path):
+    settings = isolated(stack, tmp_path, "old")
+    ingest_exports(settings, exports[-2:])
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    older_end = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    fs.materialize(store, settings, older_end, start=older_end - timedelta(days=5))
+    report = health.check(settings, save=False)
+    assert not report.healthy
+    assert report.stale_active > 0 or report.active_missing > 0
+    assert any("materialized until" in p for p in report.problems)
+
+
+def test_deleted_keys_fail_coverage_naming_how_many(materialized):
+    client = redis.Redis.from_url(materialized.redis_url)
+    keys = list(health.scan_entities(client, materialized.feast_project).items())[:7]
+    saved = {key: client.hgetall(key) for _, key in keys}
+    client.delete(*[key for _, key in keys])
+    try:
+        report = health.check(materialized, save=False)
+        assert not report.healthy and report.active_missing == 7
+        assert any(p.startswith("7 of ") and "have no online features" in p for p in report.problems)
+        assert health.check(materialized, save=False, coverage_tolerance=0.5).active_missing == 7
+    finally:
+        for key, mapping in saved.items():
+            client.hset(key, mapping=mapping)
+
+
+@pytest.fixture
+def evicting_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([devstack.valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--maxmemory", "3mb",
+                             "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield port, client
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting_server):
+    port, client = evicting_server
+    settings = replace(materialized, redis_url=f"redis://127.0.0.1:{port}/0",
+                       s3_features_prefix=materialized.s3_features_prefix)
+    first = health.check(settings, use_registry=False)
+    assert first.evicted_since_last == 0
+    assert any("allkeys-lru can evict Feast keys" in w for w in first.warnings)
+    payload = b"x" * 2048
+    for start in range(0, 4000, 500):  # ~8 MB into a 3 MB server: it must evict
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(start, start + 500):
+                pipe.set(f"filler:{i}", payload)
+            pipe.execute()
+    assert int(client.info("stats")["evicted_keys"]) > 0
+    report = health.check(settings, use_registry=False)
+    recorded = health.load_state(settings)["evicted_keys"]
+    assert not report.healthy and report.evicted_since_last == recorded > 0
+    assert any(f"Redis evicted {recorded} keys since the previous check" in p for p in report.problems)
+    again = health.check(settings, use_registry=False)
+    # The baseline is the previous check's counter, kept on S3 between processes.
+    assert again.evicted_since_last == health.load_state(settings)["evicted_keys"] - recorded
+
+
+def test_unreachable_redis_is_a_clear_error(materialized):
+    env = {**_env(materialized), "FP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    proc = run_cli("monitoring", "check", env=env)
+    assert proc.returncode == 1
+    assert "cannot reach Redis at redis://127.0.0.1:" in proc.stderr and "FP_REDIS_URL" in proc.stderr
