@@ -12,7 +12,9 @@ Turns the newest HR export into served features, every night at 02:00 UTC:
 6. **publish_features**: the staged partition becomes visible to readers in one server-side copy;
 7. **apply_definitions**: `feast apply`, only when the definitions changed (watermarks are kept);
 8. **materialize_incremental**: `python -m features materialize-incremental` in a worker pod
-   (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`; leavers are removed from Redis;
+   (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`; the extraction just published is
+   refreshed explicitly too, so a re-run or a correction of an already-loaded date reaches Redis;
+   leavers are removed from Redis;
 9. **check_online_store**: freshness, coverage and eviction checks on Redis;
 10. **announce_fresh_features**: updates the `employee_features` Asset, which triggers training.
 
@@ -171,7 +173,8 @@ def hr_feature_pipeline():
 
     materialize = worker_task(
         "materialize_incremental",
-        ["python", "-m", "features", "materialize-incremental", "{{ dag_run.run_after.isoformat() }}"],
+        ["python", "-m", "features", "materialize-incremental", "{{ dag_run.run_after.isoformat() }}",
+         "--refresh-extraction", "{{ ti.xcom_pull(task_ids='find_export')['as_of'] }}"],
         SETTINGS,
     )
 

@@ -1,7 +1,7 @@
 """`python -m features`: apply definitions, materialize to Redis, read online vectors.
 
     python -m features apply
-    python -m features materialize-incremental 2026-11-24T02:00:00+00:00
+    python -m features materialize-incremental 2026-11-24T02:00:00+00:00 --refresh-extraction 2026-10-31
     python -m features materialize 2026-01-01 2026-11-24
     python -m features online --employee-id 17 --employee-id 42
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from core import log as logsetup
 from core import settings as settings_mod
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("apply", help="register the entity, feature view and feature service")
     inc = sub.add_parser("materialize-incremental", help="load new feature rows into Redis, from the last watermark")
     inc.add_argument("end", type=_timestamp, nargs="?", default=None, help="end of the window (default: now, UTC)")
+    inc.add_argument("--refresh-extraction", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                     help="also (re)load this extraction date's rows, e.g. one just re-published")
     win = sub.add_parser("materialize", help="load an explicit event-time window into Redis")
     win.add_argument("start", type=_timestamp)
     win.add_argument("end", type=_timestamp)
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in fs.apply(store, settings):
             print(f"applied {name}")
     elif args.command == "materialize-incremental":
-        print(fs.materialize(store, settings, args.end or datetime.now(timezone.utc)).summary())
+        print(fs.materialize(store, settings, args.end or datetime.now(timezone.utc),
+                             refresh=args.refresh_extraction).summary())
     elif args.command == "materialize":
         print(fs.materialize(store, settings, args.end, start=args.start).summary())
     elif args.command == "online":

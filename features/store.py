@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -214,9 +214,13 @@ class MaterializeResult:
                 f"{self.active} active employees served, {self.retired} leavers removed from the online store")
 
 
-def materialize(store: FeatureStore, settings: Settings, end: datetime, start: datetime | None = None) -> MaterializeResult:
+def materialize(store: FeatureStore, settings: Settings, end: datetime, start: datetime | None = None,
+                refresh: date | None = None) -> MaterializeResult:
     """Incremental (from the last watermark) when ``start`` is None, else the explicit window.
 
+    ``refresh`` names an extraction date just (re)published: incremental windows are on event
+    time, so a re-run or a correction of a date already behind the watermark would never reach
+    Redis; its one-day window is loaded explicitly too (correction-safe, see clear_same_timestamp).
     Leavers are removed from Redis right after, in the same step, so they are never served
     beyond the run that saw them leave.
     """
@@ -225,6 +229,11 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
     if start is None:
         store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
         mode = "incremental"
+        if refresh is not None:
+            day = spec.extraction_timestamp(refresh)
+            cleared = clear_same_timestamp(store, settings, day, day + timedelta(days=1))
+            store.materialize(start_date=day, end_date=day + timedelta(days=1), feature_views=[FEATURE_VIEW])
+            mode += f", extraction {refresh} refreshed ({cleared} rows replaced)"
     else:
         cleared = clear_same_timestamp(store, settings, start, end)
         store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])

@@ -113,7 +113,8 @@ def test_local_and_kubernetes_runs_are_the_same_command(dags):
     from airflow.sdk.definitions.context import Context
 
     settings = _settings(runner="kubernetes")
-    argv = ["python", "-m", "features", "materialize-incremental", "{{ dag_run.run_after.isoformat() }}"]
+    argv = ["python", "-m", "features", "materialize-incremental", "{{ dag_run.run_after.isoformat() }}",
+            "--refresh-extraction", "{{ params.day }}"]
     spec = worker_spec("materialize_incremental", argv, settings)
     local = LocalCommandOperator(task_id=spec.task_id, argv=spec.argv, env=spec.env)
     pod = kubernetes_operator(spec, settings)
@@ -121,10 +122,11 @@ def test_local_and_kubernetes_runs_are_the_same_command(dags):
     class Run:
         run_after = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
 
-    context = Context({"dag_run": Run()})
+    context = Context({"dag_run": Run(), "params": {"day": "2026-10-31"}})
     local_argv = local.render_template(local.argv, context)
     pod_argv = pod.render_template(pod.cmds, context) + pod.render_template(pod.arguments, context)
-    assert local_argv == pod_argv == ["python", "-m", "features", "materialize-incremental", "2026-11-24T02:00:00+00:00"]
+    assert local_argv == pod_argv == ["python", "-m", "features", "materialize-incremental", "2026-11-24T02:00:00+00:00",
+                                      "--refresh-extraction", "2026-10-31"]
     assert local.env == {e.name: e.value for e in pod.env_vars}
     assert not any(k.startswith("AWS_") or k in {"FP_REDIS_URL", "FP_REGISTRY_URL"} for k in local.env), \
         "secrets travel in the Kubernetes Secret, never in the pod spec"

@@ -45,8 +45,8 @@ def test_apply_only_when_changed_and_watermarks_survive(loaded, monkeypatch):
     assert fresh.materialization_intervals == intervals, "apply kept the incremental watermark"
 
 
-def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, exports, tmp_path):
-    settings, store = loaded
+def _correct_one_employee(settings, store, exports, tmp_path):
+    """Re-send the latest export with one employee's satisfaction changed; return (id, before, expected)."""
     table = ing.read_partition(settings, LATEST)
     employee = next(r for r in table.to_pylist() if r["is_active"])["employee_id"]
     before = online(store, [employee])[employee]
@@ -64,6 +64,12 @@ def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, e
     ing.ingest(settings, str(corrected), LATEST, validate=False)
     expected = next(r for r in ing.read_partition(settings, LATEST).to_pylist() if r["employee_id"] == employee)
     assert expected["overall_satisfaction"] != before[spec.FEATURE_NAMES.index("overall_satisfaction")]
+    return employee, before, [expected[n] for n in spec.FEATURE_NAMES]
+
+
+def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, exports, tmp_path):
+    settings, store = loaded
+    employee, before, expected = _correct_one_employee(settings, store, exports, tmp_path)
 
     # Measured: the corrected row lands in an already-materialized event-time window, so the
     # incremental path never loads it.
@@ -74,7 +80,16 @@ def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, e
     result = fs.materialize(store, settings, datetime.combine(LATEST + timedelta(days=1), datetime.min.time(), timezone.utc),
                             start=datetime.combine(LATEST, datetime.min.time(), timezone.utc))
     assert "corrected rows refreshed" in result.mode
-    assert online(store, [employee])[employee] == [expected[n] for n in spec.FEATURE_NAMES]
+    assert online(store, [employee])[employee] == expected
+
+
+def test_nightly_rerun_of_a_loaded_date_refreshes_it(loaded, exports, tmp_path):
+    """What the nightly DAG does after re-publishing a date: incremental plus that date's window."""
+    settings, store = loaded
+    employee, before, expected = _correct_one_employee(settings, store, exports, tmp_path)
+    result = fs.materialize(store, settings, datetime.now(timezone.utc), refresh=LATEST)
+    assert f"extraction {LATEST} refreshed (" in result.mode
+    assert online(store, [employee])[employee] == expected
 
 
 def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
