@@ -42,6 +42,7 @@ bench: up
 # Re-pin requirements.txt after editing requirements.in.
 lock: venv
 	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements.in -o requirements.txt
+	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements-worker.in -c requirements.txt -o requirements-worker.txt
 
 clean: down
 	rm -rf $(VENV) .local data

@@ -4,6 +4,7 @@
     python -m bench etl --rows 1000000    # one benchmark, chosen sizes
     python -m bench materialize --entities 100000
     python -m bench validate --validate-rows 1000000
+    python -m bench health --health-entities 100000
 
 Each measurement runs in a fresh process so its peak RSS is its own. Ratios are ours / limit
 (1.0 = as fast as the limit). Numbers are printed, never asserted: tests do not time things.
@@ -21,7 +22,8 @@ from bench import measure
 DEFAULT_ETL_ROWS = (10_000, 100_000, 1_000_000)
 DEFAULT_ENTITIES = (100_000, 1_000_000)
 DEFAULT_VALIDATE_ROWS = (1_000_000,)
-KINDS = ("etl", "validate", "materialize")
+DEFAULT_HEALTH_ENTITIES = (100_000,)
+KINDS = ("etl", "validate", "materialize", "health")
 
 
 def run_isolated(kind: str, size: int) -> dict:
@@ -49,10 +51,12 @@ def report(title: str, unit: str, results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("which", nargs="*", metavar="{etl,validate,materialize}", help="benchmarks to run (default: all)")
+    parser.add_argument("which", nargs="*", metavar="{etl,validate,materialize,health}",
+                        help="benchmarks to run (default: all)")
     parser.add_argument("--rows", type=int, action="append", help="ETL sizes (raw rows)")
     parser.add_argument("--entities", type=int, action="append", help="materialization sizes (entities)")
     parser.add_argument("--validate-rows", type=int, action="append", help="validation sizes (partition rows)")
+    parser.add_argument("--health-entities", type=int, action="append", help="online store check sizes (entities)")
     args = parser.parse_args(argv)
     which = args.which or list(KINDS)
     unknown = set(which) - set(KINDS)
@@ -67,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if "materialize" in which:
         report("Materialization: features partition on S3 -> Redis (feast materialize, batched)", "entities",
                [run_isolated("materialize", n) for n in (args.entities or DEFAULT_ENTITIES)])
+    if "health" in which:
+        report("Online store check: freshness + coverage + eviction over every entity in Redis", "entities",
+               [run_isolated("health", n) for n in (args.health_entities or DEFAULT_HEALTH_ENTITIES)])
     print(f"\nmachine: {measure.machine()}")
     return 0
 

@@ -184,10 +184,55 @@ def _drop_keys(settings: settings_mod.Settings) -> None:
         client.delete(*batch)
 
 
+def _prepare_health(entities: int) -> settings_mod.Settings:
+    """A project with ``entities`` employees materialized (timing of this part is not measured)."""
+    from features import store as fs
+
+    settings = _prepare_materialization(entities)
+    settings = replace(settings, feast_project=f"benchhealth_{entities}")
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    start = datetime(AS_OF.year, AS_OF.month, AS_OF.day, tzinfo=timezone.utc) - timedelta(days=1)
+    store.materialize(start_date=start, end_date=datetime.now(timezone.utc), feature_views=["employee_features"])
+    return settings
+
+
+def health_ours(entities: int) -> dict:
+    from monitoring import health
+
+    settings = _prepare_health(entities)
+    started = time.perf_counter()
+    report = health.check(settings)
+    seconds = time.perf_counter() - started
+    _drop_keys(settings)
+    if report.entities_online != entities:
+        raise SystemExit(f"expected {entities} entities online, found {report.entities_online}")
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def health_limit(entities: int) -> dict:
+    """Raw SCAN of the project's keys + pipelined HMGET of every timestamp field, nothing else."""
+    settings = _prepare_health(entities)
+    client = redis.Redis.from_url(settings.redis_url)
+    suffix = settings.feast_project.encode()
+    started = time.perf_counter()
+    keys = [k for k in client.scan_iter(match=b"*" + suffix, count=5_000) if k.endswith(suffix)]
+    for begin in range(0, len(keys), 10_000):
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys[begin:begin + 10_000]:
+                pipe.hmget(key, [b"_ts:employee_features"])
+            pipe.execute()
+    seconds = time.perf_counter() - started
+    _drop_keys(settings)
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
 KINDS = {
     "etl": (etl_ours, etl_limit, "pyarrow CSV read + Parquet write + S3 upload of the same export"),
     "validate": (validate_ours, validate_limit,
                  "pyarrow read of the same partition into pandas + one range check per feature"),
+    "health": (health_ours, health_limit,
+               "raw SCAN of the same keys + pipelined HMGET of their timestamps"),
     "materialize": (materialize_ours, materialize_limit,
                     "raw pipelined redis-py HSET of the same keys and values (Feast's layout), 10k per round trip"),
 }

@@ -4,6 +4,7 @@
     python -m features materialize-incremental 2026-11-24T02:00:00+00:00 --refresh-extraction 2026-10-31
     python -m features materialize 2026-01-01 2026-11-24
     python -m features online --employee-id 17 --employee-id 42
+    python -m features check [--model-features s3://.../model.json]
 
 The same argv runs on a laptop and in the worker pod; configuration comes from the environment.
 """
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     win = sub.add_parser("materialize", help="load an explicit event-time window into Redis")
     win.add_argument("start", type=_timestamp)
     win.add_argument("end", type=_timestamp)
+    chk = sub.add_parser("check", help="exit 1 if the definitions would break the registry's consumers")
+    chk.add_argument("--model-features", default=None,
+                     help="JSON with the model's ordered feature_refs (file or s3:// URI); "
+                          "default: the latest model's, if one was published")
     onl = sub.add_parser("online", help="print online feature vectors in the feature service's order")
     onl.add_argument("--employee-id", type=int, action="append", required=True)
     onl.add_argument("--service", default=fs.FEATURE_SERVICE)
@@ -48,6 +53,19 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_mod.load()
     store = fs.open_store(settings)
+    if args.command == "check":
+        from features import check
+        from features.definitions import build
+
+        model_location = args.model_features or check.latest_model_location(settings)
+        model = check.load_model_features(settings, model_location) if model_location else None
+        breaks = check.compare(store, list(build(settings)), model)
+        changed = fs.changed_definitions(store, settings)
+        for item in breaks:
+            print(f"BREAKING {item}")
+        print(f"{len(breaks)} breaking change(s); objects that would change on apply: {', '.join(changed) or 'none'}"
+              + (f"; checked against the model's features at {model_location}" if model_location else ""))
+        return 1 if breaks else 0
     if args.command == "apply":
         for name in fs.apply(store, settings):
             print(f"applied {name}")

@@ -155,3 +155,29 @@ def ingest_exports(settings: Settings, paths: list[Path]) -> None:
 
     for path in paths:
         ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
+
+
+@pytest.fixture
+def postgres_registry():
+    """Turns settings into ones with a fresh PostgreSQL registry database (dropped afterwards)."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    created = []
+
+    def make(settings: Settings) -> Settings:
+        database = f"feast_registry_test_{secrets.token_hex(3)}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
+        except sqlalchemy.exc.OperationalError as exc:
+            pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} (set FP_TEST_POSTGRES_URL): {exc}")
+        created.append(database)
+        url = sqlalchemy.engine.make_url(POSTGRES_ADMIN_URL).set(database=database)
+        return replace(settings, registry_url=url.render_as_string(hide_password=False))
+
+    yield make
+    with admin.connect() as conn:
+        for database in created:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    admin.dispose()

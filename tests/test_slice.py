@@ -12,9 +12,8 @@ from dataclasses import replace
 from datetime import date, datetime, timezone
 
 import pytest
-import sqlalchemy
 
-from conftest import POSTGRES_ADMIN_URL, run_cli
+from conftest import run_cli
 from etl import features as spec
 from etl import ingest as ing
 from features import store as fs
@@ -25,25 +24,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["sqlite", "postgresql"])
 def slice_settings(request, stack, tmp_path):
     """Settings with a fresh registry and Feast project of the given kind."""
-    token = secrets.token_hex(3)
-    project = f"{stack.feast_project}_{request.param[:2]}{token}"
-    if request.param == "sqlite":
-        yield replace(stack, registry_url=f"sqlite:///{tmp_path / 'registry.db'}", feast_project=project)
-        return
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    database = f"feast_registry_test_{token}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} (set FP_TEST_POSTGRES_URL): {exc}")
-    url = sqlalchemy.engine.make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
-    try:
-        yield replace(stack, registry_url=url, feast_project=project)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
+    project = f"{stack.feast_project}_{request.param[:2]}{secrets.token_hex(3)}"
+    settings = replace(stack, registry_url=f"sqlite:///{tmp_path / 'registry.db'}", feast_project=project)
+    if request.param == "postgresql":
+        settings = request.getfixturevalue("postgres_registry")(settings)
+    return settings
 
 
 def test_online_vector_equals_the_row_written(slice_settings, exports):

@@ -1,0 +1,1 @@
+"""Deployment artefacts (Dockerfiles, Kubernetes manifests) and their offline checks."""

@@ -1,0 +1,270 @@
+"""Offline checks of the Kubernetes deployment: no cluster needed.
+
+* each values file, merged over its chart's defaults, validates against the chart's
+  ``values.schema.json`` (chart data copied from the upstream charts into tests/data/helm-charts);
+* every key we set exists in the chart's defaults, so a typo the schema tolerates (a misspelled
+  top-level key, say) is caught;
+* every manifest validates with kubernetes-validate in strict mode at TARGET_KUBERNETES_VERSION;
+* policy: no literal secrets, pinned image tags, CPU and memory requests and limits, Redis
+  maxmemory below its container's memory limit, non-root and no privilege escalation.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART_DATA = ROOT / "tests" / "data" / "helm-charts"
+VALUES_DIR = ROOT / "helm-values"
+MANIFESTS_DIR = ROOT / "deploy" / "k8s"
+TARGET_KUBERNETES_VERSION = "1.33.0"  # also orchestration.worker's, for rendered pod specs
+
+# values file(s) -> chart; overlays are merged in order over the base.
+RELEASES = {
+    "airflow": ("airflow", ["airflow.yaml"]),
+    "redis": ("bitnami-redis", ["redis.yaml"]),
+    "redis-prod": ("bitnami-redis", ["redis.yaml", "redis-prod.yaml"]),
+    "feast-registry-db": ("bitnami-postgresql", ["postgresql.yaml"]),
+    "feast-feature-server": ("feast-feature-server", ["feast-feature-server.yaml"]),
+}
+
+# Maps whose keys are the user's to choose (the chart's default is an empty or example map).
+FREE_FORM = {"config", "env", "extraEnv", "labels", "podAnnotations", "annotations", "resources", "requests",
+             "limits", "nodeSelector", "podLabels", "securityContexts", "podSecurityContext", "securityContext",
+             "containerSecurityContext", "seccompProfile", "capabilities", "pod", "containers"}
+
+SECRET_KEY = re.compile(r"(password|passwd|secret|token|apikey|api_key|secretkey|fernetkey)$", re.IGNORECASE)
+CREDENTIAL_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
+
+# Where each release's containers declare resources (dotted paths into the merged values).
+RESOURCE_PATHS = {
+    "airflow": ["workers", "scheduler", "apiServer", "triggerer", "dagProcessor", "migrateDatabaseJob", "statsd",
+                "scheduler.logGroomerSidecar", "triggerer.logGroomerSidecar", "dagProcessor.logGroomerSidecar"],
+    "redis": ["master", "metrics"],
+    "redis-prod": ["master", "replica", "sentinel", "metrics"],
+    "feast-registry-db": ["primary", "metrics"],
+    "feast-feature-server": [""],
+}
+IMAGE_PATHS = {
+    "redis": ["image", "metrics.image"],
+    "redis-prod": ["image", "metrics.image", "sentinel.image"],
+    "feast-registry-db": ["image", "metrics.image"],
+    "feast-feature-server": ["image"],
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def release_values(release: str, overrides: list[dict] | None = None) -> tuple[dict, list[dict]]:
+    """(the chart's defaults merged with our files, our files' contents) for one release."""
+    chart, files = RELEASES[release]
+    ours = overrides if overrides is not None else [load_yaml(VALUES_DIR / f) for f in files]
+    merged = load_yaml(CHART_DATA / chart / "values.yaml")
+    for layer in ours:
+        merged = deep_merge(merged, layer)
+    return merged, ours
+
+
+def _get(values: dict, dotted: str):
+    node = values
+    for part in [p for p in dotted.split(".") if p]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def schema_problems(release: str, merged: dict) -> list[Problem]:
+    chart, _ = RELEASES[release]
+    schema_path = CHART_DATA / chart / "values.schema.json"
+    if not schema_path.exists():
+        return []  # the feast chart publishes no schema; the unknown-key check still applies
+    schema = json.loads(schema_path.read_text())
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
+    return [Problem(f"{release}: {'.'.join(str(p) for p in e.absolute_path) or '(top)'}", e.message)
+            for e in sorted(validator.iter_errors(merged), key=lambda e: list(e.absolute_path))]
+
+
+def unknown_keys(ours: dict, defaults: dict, path: str = "") -> list[str]:
+    found = []
+    for key, value in ours.items():
+        here = f"{path}.{key}" if path else key
+        if key not in defaults:
+            found.append(here)
+            continue
+        default = defaults[key]
+        if key in FREE_FORM or not isinstance(value, dict) or not isinstance(default, dict) or not default:
+            continue
+        found += unknown_keys(value, default, here)
+    return found
+
+
+def _walk(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}" if path else str(key))
+            yield path, key, value
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _walk(item, f"{path}[{index}]")
+
+
+def literal_secrets(document, where: str) -> list[Problem]:
+    problems = []
+    for path, key, value in _walk(document):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if SECRET_KEY.search(str(key)) and not str(key).lower().startswith("existing") and not value.startswith("${"):
+            problems.append(Problem(f"{where}: {path}.{key}".replace(": .", ": "), "literal secret; use a Secret reference"))
+        if CREDENTIAL_URL.search(value) and "${" not in value and "<password>" not in value:
+            problems.append(Problem(f"{where}: {path}.{key}".replace(": .", ": "), "credentials in a URL"))
+    for env in _env_entries(document):
+        name, value = str(env.get("name", "")), env.get("value")
+        if SECRET_KEY.search(name) or name.endswith(("_PASSWORD", "_SECRET_ACCESS_KEY", "_TOKEN")):
+            if isinstance(value, str) and value.strip():
+                problems.append(Problem(f"{where}: env {name}", "literal secret in an env var; use valueFrom.secretKeyRef"))
+    return problems
+
+
+def _env_entries(document) -> list[dict]:
+    out = []
+    for _, key, value in _walk(document):
+        if key in {"env", "extraEnvs", "extraEnvVars"} and isinstance(value, list):
+            out += [e for e in value if isinstance(e, dict)]
+    return out
+
+
+def _memory_bytes(text: str) -> int:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]b?|)", str(text).strip())
+    if not match:
+        raise ValueError(f"cannot read memory quantity {text!r}")
+    number, unit = float(match.group(1)), match.group(2).lower().rstrip("b")
+    scale = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+             "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+    if unit in {"k", "m", "g", "t"} and "b" in match.group(2).lower():
+        scale = {**scale, unit: 1024 ** " kmgt".index(unit)}  # Redis "mb" means MiB
+    return int(number * scale[unit])
+
+
+def policy_problems(release: str, merged: dict) -> list[Problem]:
+    problems = []
+    for path in RESOURCE_PATHS.get(release, []):
+        resources = _get(merged, f"{path}.resources" if path else "resources") or {}
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if not (resources.get(kind) or {}).get(resource):
+                    problems.append(Problem(f"{release}: {path or '(top)'}.resources.{kind}.{resource}", "missing"))
+    for path in IMAGE_PATHS.get(release, []):
+        image = _get(merged, path) or {}
+        tag = str(image.get("tag") or "")
+        if not tag or tag == "latest":
+            problems.append(Problem(f"{release}: {path}.tag", f"image tag must be pinned (got {tag or 'none'!r})"))
+    if release == "airflow":
+        tag = str(merged.get("defaultAirflowTag") or "")
+        if not tag or tag == "latest":
+            problems.append(Problem("airflow: defaultAirflowTag", "image tag must be pinned"))
+        containers = (merged.get("securityContexts") or {}).get("containers") or {}
+        if containers.get("allowPrivilegeEscalation") is not False or "ALL" not in (containers.get("capabilities") or {}).get("drop", []):
+            problems.append(Problem("airflow: securityContexts.containers", "must forbid privilege escalation and drop ALL"))
+        if not ((merged.get("securityContexts") or {}).get("pod") or {}).get("runAsNonRoot"):
+            problems.append(Problem("airflow: securityContexts.pod.runAsNonRoot", "must be true"))
+        if (merged.get("createUserJob") or {}).get("enabled"):
+            problems.append(Problem("airflow: createUserJob.enabled", "no default admin user in production"))
+    if release.startswith("redis"):
+        config = str(merged.get("commonConfiguration") or "")
+        match = re.search(r"^\s*maxmemory\s+(\S+)", config, re.MULTILINE)
+        for role in ("master", "replica") if merged.get("architecture") == "replication" else ("master",):
+            limit = ((_get(merged, f"{role}.resources") or {}).get("limits") or {}).get("memory")
+            if not match or not limit:
+                problems.append(Problem(f"{release}: maxmemory", "set maxmemory and a memory limit"))
+            elif _memory_bytes(match.group(1)) >= _memory_bytes(limit):
+                problems.append(Problem(f"{release}: maxmemory", f"{match.group(1)} must stay below {role}'s limit {limit}"))
+            context = _get(merged, f"{role}.containerSecurityContext") or {}
+            if not context.get("runAsNonRoot") or context.get("allowPrivilegeEscalation") is not False:
+                problems.append(Problem(f"{release}: {role}.containerSecurityContext", "non-root, no privilege escalation"))
+    if release == "feast-feature-server":
+        encoded = merged.get("feature_store_yaml_base64") or ""
+        if base64.b64decode(encoded).decode() != (ROOT / "features" / "feature_store.yaml").read_text():
+            problems.append(Problem("feast-feature-server: feature_store_yaml_base64",
+                                    "differs from features/feature_store.yaml (base64 -w0 features/feature_store.yaml)"))
+        args = merged.get("commandArgs") or []
+        if "--no-access-log" not in args or "--max-requests" not in args or args[args.index("--max-requests") + 1] != "0":
+            problems.append(Problem("feast-feature-server: commandArgs", "serve with --no-access-log and --max-requests 0"))
+        if not (merged.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            problems.append(Problem("feast-feature-server: securityContext", "read-only root filesystem"))
+    return problems
+
+
+def check_release(release: str, overrides: list[dict] | None = None) -> list[Problem]:
+    chart, files = RELEASES[release]
+    merged, ours = release_values(release, overrides)
+    defaults = load_yaml(CHART_DATA / chart / "values.yaml")
+    problems = schema_problems(release, merged)
+    for name, layer in zip(files, ours):
+        problems += [Problem(f"{release}: {k}", f"unknown key (not in {chart}'s values.yaml): a typo?")
+                     for k in unknown_keys(layer, defaults)]
+        problems += literal_secrets(layer, f"{release} ({name})")
+    return problems + policy_problems(release, merged)
+
+
+def manifests() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(MANIFESTS_DIR.glob("*.yaml")):
+        for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc:
+                out.append((f"{path.name}#{index}", doc))
+    return out
+
+
+def check_manifest(name: str, doc: dict) -> list[Problem]:
+    problems = []
+    try:
+        kubernetes_validate.validate(doc, TARGET_KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        problems.append(Problem(name, f"invalid at {'.'.join(str(p) for p in exc.path)}: {exc.message}"))
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        problems.append(Problem(name, f"unknown kind/apiVersion: {exc}"))
+    if doc.get("kind") == "Secret":
+        for key, value in {**(doc.get("stringData") or {}), **(doc.get("data") or {})}.items():
+            if isinstance(value, str) and value and not value.startswith("${"):
+                problems.append(Problem(f"{name}: {key}", "literal secret value in a manifest"))
+    else:
+        problems += literal_secrets(doc, name)
+    return problems
+
+
+def check_all() -> list[Problem]:
+    problems = []
+    for release in RELEASES:
+        problems += check_release(release)
+    for name, doc in manifests():
+        problems += check_manifest(name, doc)
+    return problems

@@ -1,0 +1,110 @@
+"""Breaking-change check for feature definitions: run before `feast apply` in CI.
+
+Compares the repository's definitions with what the registry holds, and with the feature list
+stored with the current model. Removing or renaming a feature or a view, changing a feature's
+dtype, changing an entity (join key or type), a feature service losing a feature, or shrinking a
+TTL breaks consumers that exist today: each is reported by name. Additive changes pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from feast import Entity, FeatureService, FeatureStore, FeatureView
+
+from core import s3
+from core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Break:
+    what: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+def _features(view: FeatureView) -> dict[str, str]:
+    return {f.name: str(f.dtype) for f in view.features}
+
+
+def _service_refs(service: FeatureService) -> list[str]:
+    return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+
+def compare(store: FeatureStore, candidates: list, model_features: list[str] | None = None) -> list[Break]:
+    """Breaking differences between the registry's objects and ``candidates``."""
+    breaks: list[Break] = []
+    project = store.project
+    new_entities = {o.name: o for o in candidates if isinstance(o, Entity)}
+    new_views = {o.name: o for o in candidates if isinstance(o, FeatureView)}
+    new_services = {o.name: o for o in candidates if isinstance(o, FeatureService)}
+
+    for old in store.registry.list_entities(project):
+        if old.name.startswith("__"):
+            continue  # Feast's own placeholder for entityless views
+        new = new_entities.get(old.name)
+        if new is None:
+            breaks.append(Break(f"entity {old.name}", "removed"))
+            continue
+        if old.join_key != new.join_key:
+            breaks.append(Break(f"entity {old.name}", f"join key {old.join_key} -> {new.join_key}"))
+        if old.value_type != new.value_type:
+            breaks.append(Break(f"entity {old.name}", f"type {old.value_type.name} -> {new.value_type.name}"))
+
+    for old in store.registry.list_feature_views(project):
+        new = new_views.get(old.name)
+        if new is None:
+            breaks.append(Break(f"feature view {old.name}", "removed (or renamed)"))
+            continue
+        old_features, new_features = _features(old), _features(new)
+        for name, dtype in old_features.items():
+            if name not in new_features:
+                breaks.append(Break(f"feature {old.name}:{name}", "removed (or renamed)"))
+            elif new_features[name] != dtype:
+                breaks.append(Break(f"feature {old.name}:{name}", f"dtype {dtype} -> {new_features[name]}"))
+        if sorted(old.entities) != sorted(new.entities):
+            breaks.append(Break(f"feature view {old.name}", f"entities {sorted(old.entities)} -> {sorted(new.entities)}"))
+        if old.ttl and new.ttl and new.ttl < old.ttl:
+            breaks.append(Break(f"feature view {old.name}", f"TTL shrinks {old.ttl} -> {new.ttl}"))
+
+    for old in store.registry.list_feature_services(project):
+        new = new_services.get(old.name)
+        if new is None:
+            breaks.append(Break(f"feature service {old.name}", "removed"))
+            continue
+        lost = [r for r in _service_refs(old) if r not in _service_refs(new)]
+        if lost:
+            breaks.append(Break(f"feature service {old.name}", f"loses {', '.join(lost)}"))
+
+    if model_features:
+        provided = {f"{v.name}:{f}": t for v in new_views.values() for f, t in _features(v).items()}
+        missing = [r for r in model_features if r not in provided]
+        if missing:
+            breaks.append(Break("current model", f"needs {', '.join(missing)}, no longer defined"))
+    return breaks
+
+
+def load_model_features(settings: Settings, location: str) -> list[str]:
+    """The ordered feature references stored with a model (local JSON file or s3:// URI)."""
+    if location.startswith("s3://"):
+        bucket, key = s3.parse_uri(location)
+        data = s3.client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+    else:
+        with open(location, "rb") as handle:
+            data = handle.read()
+    payload = json.loads(data)
+    return list(payload["feature_refs"] if isinstance(payload, dict) else payload)
+
+
+LATEST_MODEL_POINTER = "models/attrition/latest.json"
+
+
+def latest_model_location(settings: Settings) -> str | None:
+    """Where the current model's feature list is, from the "latest" pointer training maintains."""
+    if not s3.exists(settings, LATEST_MODEL_POINTER):
+        return None
+    pointer = json.loads(s3.get_bytes(settings, LATEST_MODEL_POINTER))
+    return pointer.get("features_uri")

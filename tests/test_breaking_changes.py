@@ -1,0 +1,89 @@
+"""`python -m features check` against real SQLite and PostgreSQL registries."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from feast import Field
+from feast.types import Float32, Int64, String
+
+from conftest import isolated, run_cli
+from features import check
+from features import store as fs
+from features.definitions import build
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request, stack, tmp_path):
+    settings = isolated(stack, tmp_path, "brk")
+    if request.param == "postgresql":
+        settings = request.getfixturevalue("postgres_registry")(settings)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    return settings, store
+
+
+def _candidates(settings, change=None):
+    entity, source, view, service = build(settings)
+    if change:
+        change(entity, view, service)
+    return [entity, source, view, service]
+
+
+def _drop(view, name):
+    view.features = [f for f in view.features if f.name != name]
+
+
+CASES = {
+    "removed feature": (lambda e, v, s: _drop(v, "career_velocity"), "feature employee_features:career_velocity: removed"),
+    "renamed feature": (lambda e, v, s: setattr(v, "features", [Field(name="velocity", dtype=f.dtype) if f.name == "career_velocity" else f for f in v.features]),
+                        "feature employee_features:career_velocity: removed (or renamed)"),
+    "dtype change": (lambda e, v, s: setattr(v, "features", [Field(name=f.name, dtype=Float32) if f.name == "tenure" else f for f in v.features]),
+                     "feature employee_features:tenure: dtype Int64 -> Float32"),
+    "shrinking TTL": (lambda e, v, s: setattr(v, "ttl", timedelta(days=10)), "TTL shrinks"),
+    "entity join key": (lambda e, v, s: setattr(e, "join_key", "emp_no"), "entity employee_id: join key employee_id -> emp_no"),
+    "service loses a feature": (lambda e, v, s: setattr(s.feature_view_projections[0], "features",
+                                                         s.feature_view_projections[0].features[:-1]),
+                                "feature service attrition_model_v1: loses employee_features:overall_satisfaction"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_breaking_changes_are_named(registry, case):
+    settings, store = registry
+    change, expected = CASES[case]
+    breaks = [str(b) for b in check.compare(store, _candidates(settings, change))]
+    assert any(expected in b for b in breaks), breaks
+
+
+def test_additive_change_passes(registry):
+    settings, store = registry
+
+    def add(entity, view, service):
+        view.features = [*view.features, Field(name="team_size", dtype=Int64)]
+
+    assert check.compare(store, _candidates(settings, add)) == []
+    assert check.compare(store, _candidates(settings)) == []
+
+
+def test_model_feature_list_is_checked(registry, tmp_path):
+    settings, store = registry
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"feature_refs": ["employee_features:tenure", "employee_features:bonus"]}))
+    breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
+    assert breaks == ["current model: needs employee_features:bonus, no longer defined"]
+
+
+def test_cli_exit_status(registry, tmp_path):
+    settings, _ = registry
+    env = {"FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    ok = run_cli("features", "check", env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"feature_refs": ["employee_features:gone"]}))
+    bad = run_cli("features", "check", "--model-features", str(model), env=env)
+    assert bad.returncode == 1 and "BREAKING current model: needs employee_features:gone" in bad.stdout

@@ -1,0 +1,100 @@
+"""Kubernetes deployment, checked offline against the charts' own schemas and Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from deploy import check
+
+RELEASES = list(check.RELEASES)
+
+
+def layers_of(release: str) -> list[dict]:
+    _, files = check.RELEASES[release]
+    return [check.load_yaml(check.VALUES_DIR / f) for f in files]
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_values_validate_against_the_chart(release):
+    problems = check.check_release(release)
+    assert problems == [], "\n".join(map(str, problems))
+
+
+@pytest.mark.parametrize("name, doc", check.manifests(), ids=[n for n, _ in check.manifests()])
+def test_manifests_validate_strictly(name, doc):
+    problems = check.check_manifest(name, doc)
+    assert problems == [], "\n".join(map(str, problems))
+
+
+def test_every_chart_has_its_schema_and_defaults_copied():
+    for chart, _ in check.RELEASES.values():
+        assert (check.CHART_DATA / chart / "values.yaml").exists()
+    assert (check.CHART_DATA / "airflow" / "values.schema.json").exists()
+    assert "1.22.0" in (check.CHART_DATA / "airflow" / "Chart.yaml").read_text()
+
+
+PLANTED = {
+    "typo at the top level": ("airflow", lambda v: v.__setitem__("schedular", {"replicas": 2}), r"schedular: unknown key"),
+    "typo deep inside": ("redis", lambda v: v["master"].__setitem__("persistance", {"enabled": True}),
+                         r"master\.persistance: unknown key"),
+    "wrong type": ("airflow", lambda v: v["scheduler"].__setitem__("replicas", "two"),
+                   r"scheduler\.replicas: 'two' is not of type 'integer'"),
+    "literal password": ("feast-registry-db", lambda v: v["auth"].__setitem__("password", "hunter2"),
+                         r"auth\.password: literal secret"),
+    "literal secret env": ("airflow", lambda v: v["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}),
+                           r"env AWS_SECRET_ACCESS_KEY: literal secret"),
+    "credentials in a URL": ("airflow", lambda v: v["config"]["logging"].__setitem__(
+        "remote_base_log_folder", "s3://user:pw@bucket/logs"), r"credentials in a URL"),
+    "unpinned image": ("redis", lambda v: v["image"].__setitem__("tag", "latest"), r"image\.tag: image tag must be pinned"),
+    "missing memory limit": ("redis", lambda v: v["master"]["resources"]["limits"].pop("memory"),
+                             r"master\.resources\.limits\.memory: missing"),
+    "maxmemory above the limit": ("redis", lambda v: v.__setitem__("commonConfiguration", "maxmemory 4gb"),
+                                  r"maxmemory: 4gb must stay below master's limit 2Gi"),
+    "root container": ("redis", lambda v: v["master"]["containerSecurityContext"].__setitem__("runAsNonRoot", False),
+                       r"master\.containerSecurityContext"),
+    "default admin user": ("airflow", lambda v: v["createUserJob"].__setitem__("enabled", True),
+                           r"createUserJob\.enabled"),
+    "feature store yaml drift": ("feast-feature-server", lambda v: v.__setitem__("feature_store_yaml_base64", "cHJvamVjdDogeA=="),
+                                 r"differs from features/feature_store.yaml"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLANTED))
+def test_planted_mistakes_are_caught(case):
+    release, mutate, expected = PLANTED[case]
+    layers = layers_of(release)
+    mutate(layers[0])
+    problems = "\n".join(map(str, check.check_release(release, layers)))
+    assert re.search(expected, problems), problems
+
+
+def test_a_manifest_typo_and_a_literal_secret_are_caught():
+    name, doc = next((n, d) for n, d in check.manifests() if d["kind"] == "Role")
+    doc = {**doc, "rulez": doc["rules"]}
+    assert any("invalid" in str(p) for p in check.check_manifest(name, doc))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "y"},
+              "stringData": {"FP_REDIS_URL": "redis://:pw@redis:6379/0"}}
+    assert any("literal secret value" in str(p) for p in check.check_manifest("secret", secret))
+
+
+def test_redis_policy_suits_feast_keys():
+    merged, _ = check.release_values("redis")
+    assert "maxmemory-policy noeviction" in merged["commonConfiguration"]
+    assert merged["image"]["repository"].startswith("bitnamilegacy/")
+
+
+def test_dockerfiles_are_pinned_and_non_root():
+    for name in ("Dockerfile.worker", "Dockerfile.airflow"):
+        text = (check.ROOT / "deploy" / name).read_text()
+        base = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
+        assert ":" in base and not base.endswith(":latest"), base
+        assert re.search(r"^USER (?!root|0\b)\S+", text, re.MULTILINE), f"{name} must switch to a non-root user"
+        assert "--require-hashes" in text, f"{name} must install hash-pinned dependencies"
+
+
+def test_cli_reports_no_problems():
+    from deploy.__main__ import main
+
+    assert main(["check"]) == 0
