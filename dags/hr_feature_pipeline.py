@@ -16,7 +16,9 @@ Turns the newest HR export into served features, every night at 02:00 UTC:
    refreshed explicitly too, so a re-run or a correction of an already-loaded date reaches Redis;
    leavers are removed from Redis;
 9. **check_online_store**: freshness, coverage and eviction checks on Redis;
-10. **announce_fresh_features**: updates the `employee_features` Asset, which triggers training.
+10. **check_training_serving_skew**: for a sample of active employees, the online vector must equal
+    the offline point-in-time vector, feature by feature;
+11. **announce_fresh_features**: updates the `employee_features` Asset, which triggers training.
 
 A run that does not finish within `FP_PIPELINE_DEADLINE_HOURS` (default 4) of being queued raises a
 Deadline Alert; every task failure after its last retry raises an alert too (see `orchestration.alerts`).
@@ -191,6 +193,20 @@ def hr_feature_pipeline():
             raise RuntimeError(f"online store unhealthy: {'; '.join(report.problems)}")
         return report.summary()
 
+    @task
+    def check_training_serving_skew() -> dict:
+        from features import store as fs
+        from training import model
+
+        settings = settings_mod.load()
+        mismatches = model.skew_check(fs.open_store(settings), settings)
+        for line in mismatches[:50]:
+            print(f"SKEW {line}")
+        if mismatches:
+            _fail_without_retry(f"{len(mismatches)} online feature values differ from the offline point-in-time "
+                                f"values, e.g. {mismatches[0]}")
+        return {"mismatches": 0}
+
     @task(outlets=[FEATURES_ASSET])
     def announce_fresh_features(published: str) -> str:
         return published
@@ -206,8 +222,9 @@ def hr_feature_pipeline():
     published >> applied >> materialize
     health = check_online_store()
     materialize >> health
+    skew = check_training_serving_skew()
     done = announce_fresh_features(published)
-    health >> done
+    health >> skew >> done
 
 
 hr_feature_pipeline_dag = hr_feature_pipeline()

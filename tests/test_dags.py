@@ -67,7 +67,8 @@ def test_dag_file_imports_without_secrets_or_heavy_modules(dag_file, tmp_path):
 
 @pytest.fixture(scope="module")
 def dags(airflow_home):
-    return {dag_id: local_airflow.load_dag(dag_id) for dag_id in ("hr_feature_pipeline", "feature_backfill")}
+    return {dag_id: local_airflow.load_dag(dag_id)
+            for dag_id in ("hr_feature_pipeline", "feature_backfill", "attrition_training")}
 
 
 def test_nightly_dag_schedule_defaults_and_deadline(dags):
@@ -86,7 +87,7 @@ def test_nightly_dag_schedule_defaults_and_deadline(dags):
     assert nightly.task_dict["announce_fresh_features"].outlets[0].name == "employee_features"
 
 
-@pytest.mark.parametrize("dag_id", ["hr_feature_pipeline", "feature_backfill"])
+@pytest.mark.parametrize("dag_id", ["hr_feature_pipeline", "feature_backfill", "attrition_training"])
 def test_dag_documents_itself_and_has_a_form(dags, dag_id):
     dag = dags[dag_id]
     assert dag.doc_md and dag.doc_md.strip().startswith("###")
@@ -101,8 +102,15 @@ def test_dag_documents_itself_and_has_a_form(dags, dag_id):
         if schema.get("type") == "integer":
             assert "minimum" in schema and "maximum" in schema, f"{dag_id}.{name} is an unbounded integer"
     params.validate()  # the defaults are valid: a manual run with no input works
-    formats = {params.get_param(n).schema.get("format") for n in params}
-    assert "date" in formats, "dates are entered with a date picker"
+    for name in params:
+        if "date" in name:
+            assert params.get_param(name).schema.get("format") == "date", f"{name}: dates get a date picker"
+
+
+def test_training_follows_the_features_asset(dags):
+    training = dags["attrition_training"]
+    assert "employee_features" in str(training.timetable.asset_condition)
+    assert "train_model" in training.task_dict
 
 
 def _settings(**overrides):
@@ -178,7 +186,7 @@ def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook):
                                                                        "apply_definitions": "auto"})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "success", states
-    assert set(states.values()) == {"success"} and len(states) == 10
+    assert set(states.values()) == {"success"} and len(states) == 11
     from features import store as fs
 
     store = fs.open_store(stack)

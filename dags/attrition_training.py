@@ -1,0 +1,53 @@
+"""
+### Attrition model training
+
+Runs whenever the nightly pipeline announces fresh features (the `employee_features` Asset) and
+from the UI. `python -m training train` builds labels from the HR exports (left within the horizon
+after each extraction), pulls a point-in-time correct training set through the feature service
+`attrition_model_v1`, trains and evaluates on a time-based split, and stores the model with its
+ordered feature list, fingerprints, metrics and model card under `models/attrition/<version>/`.
+The `latest` pointer moves only when the model passes the quality gate (ROC AUC).
+
+The job runs in a worker pod (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag
+
+from core import settings as settings_mod
+from orchestration import alerts
+from orchestration.worker import Resources, worker_task
+
+SETTINGS = settings_mod.load()
+FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, group="feature-store")
+
+
+@dag(
+    dag_id="attrition_training",
+    schedule=[FEATURES_ASSET],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["training", "model"],
+    default_args={
+        "owner": "people-analytics-platform",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=5),
+        "on_failure_callback": alerts.AlertNotifier(),
+    },
+    params={
+        "horizon_days": Param(182, type="integer", minimum=30, maximum=730, title="Label horizon (days)",
+                              description="An employee counts as leaving if they leave within this many days "
+                                          "of an extraction."),
+    },
+)
+def attrition_training():
+    worker_task("train_model", ["python", "-m", "training", "train", "--horizon-days", "{{ params.horizon_days }}"],
+                SETTINGS, resources=Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"))
+
+
+attrition_training_dag = attrition_training()

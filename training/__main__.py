@@ -1,0 +1,63 @@
+"""`python -m training train|predict|skew-check`
+
+    python -m training train                      # labels -> point-in-time set -> model -> S3 (+ gate)
+    python -m training predict --employee-id 17   # online features -> probability, by the stored order
+    python -m training skew-check                 # online vs offline point-in-time, feature by feature
+
+Exit status: 0 ok; 1 the model failed its quality gate, prediction was refused (missing, stale
+or mismatched features) or the skew check found differences; 2 no data or no model yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import timedelta
+
+from core import log as logsetup
+from core import settings as settings_mod
+from features import store as fs
+from training import dataset, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train, evaluate and store a model; promote it if it passes the gate")
+    t.add_argument("--horizon-days", type=int, default=dataset.HORIZON.days,
+                   help=f"label: left within this many days of the extraction (default {dataset.HORIZON.days})")
+    p = sub.add_parser("predict", help="score employees from their online features")
+    p.add_argument("--employee-id", type=int, action="append", required=True)
+    s = sub.add_parser("skew-check", help="compare online and offline vectors for a sample of active employees")
+    s.add_argument("--sample", type=int, default=200)
+    args = parser.parse_args(argv)
+    logsetup.setup()
+    settings = settings_mod.load()
+    store = fs.open_store(settings)
+    try:
+        if args.command == "train":
+            result = model.train(store, settings, horizon=timedelta(days=args.horizon_days))
+            print(result.summary())
+            return 0 if result.promoted else 1
+        if args.command == "predict":
+            scores = model.predict(store, settings, args.employee_id)
+            print(json.dumps({"model": model.load_latest(settings).version,
+                              "probability_of_leaving": {str(k): round(v, 4) for k, v in scores.items()}}, indent=2))
+            return 0
+        mismatches = model.skew_check(store, settings, args.sample)
+        for line in mismatches[:50]:
+            print(f"SKEW {line}")
+        print(f"skew check: {len(mismatches)} mismatching feature values in a sample of {args.sample} active employees")
+        return 1 if mismatches else 0
+    except model.ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if "refusing" in str(exc) or "no longer matches" in str(exc) else 2
+    except dataset.DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

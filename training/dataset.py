@@ -1,0 +1,98 @@
+"""Labels from the HR exports and point-in-time correct training sets from the offline store.
+
+A label row is (employee_id, event_timestamp = an extraction date t, label): label is 1 when the
+employee left within HORIZON after t (their leaving extraction L satisfies t < L <= t + HORIZON).
+Rows whose horizon runs past the newest extraction are dropped (the outcome is not known yet),
+and so are rows where the employee had already left at t. Features are joined by Feast's
+``get_historical_features`` on the feature service: only values with event time <= t, within TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import timedelta
+
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+from feast import FeatureStore
+
+from core.settings import Settings
+from etl import features as spec
+from features import store as fs
+
+log = logging.getLogger(__name__)
+
+HORIZON = timedelta(days=182)  # "leaves within about six months"
+LABEL = "label"
+
+
+class DatasetError(RuntimeError):
+    """The training set cannot be built as asked; the message says why."""
+
+
+def features_table(settings: Settings, columns: list[str]):
+    dataset = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
+                           filesystem=fs._s3_filesystem(settings), partitioning="hive")
+    return dataset.to_table(columns=columns)
+
+
+def build_labels(settings: Settings, horizon: timedelta = HORIZON) -> pd.DataFrame:
+    """The entity dataframe of label rows, oldest first (see the module docstring)."""
+    table = features_table(settings, [spec.ENTITY_KEY, spec.TIMESTAMP, spec.LABEL])
+    if table.num_rows == 0:
+        raise DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first")
+    frame = table.to_pandas()
+    newest = frame[spec.TIMESTAMP].max()
+    left_at = frame[frame[spec.LABEL] == 1].groupby(spec.ENTITY_KEY)[spec.TIMESTAMP].min().rename("left_at")
+    frame = frame.join(left_at, on=spec.ENTITY_KEY)
+    still_there = frame["left_at"].isna() | (frame[spec.TIMESTAMP] < frame["left_at"])
+    known = frame[spec.TIMESTAMP] + horizon <= newest
+    rows = frame[still_there & known].copy()
+    rows[LABEL] = ((rows["left_at"] > rows[spec.TIMESTAMP]) &
+                   (rows["left_at"] <= rows[spec.TIMESTAMP] + horizon)).astype("int64")
+    rows = rows[[spec.ENTITY_KEY, spec.TIMESTAMP, LABEL]].sort_values([spec.TIMESTAMP, spec.ENTITY_KEY])
+    log.info("built %d label rows (%d positive) over %d extractions, horizon %s",
+             len(rows), int(rows[LABEL].sum()), rows[spec.TIMESTAMP].nunique(), horizon)
+    return rows.reset_index(drop=True)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A stable hash of a dataframe's content (row order and column order included)."""
+    digest = hashlib.sha256()
+    digest.update(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+    return digest.hexdigest()
+
+
+def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFrame,
+                  service: str = fs.FEATURE_SERVICE) -> pd.DataFrame:
+    """``entity_df`` with the service's features as of each row's timestamp, in the service's order.
+
+    Every entity row comes back, exactly once, in the input order: a row with no feature value
+    inside the TTL gets nulls. Feast's file offline store drops such rows, and fails outright on
+    an entity it has never seen; unknown entities are answered with nulls here without asking it,
+    and dropped rows are put back, so a training set never shrinks silently.
+    """
+    refs = fs.feature_refs(store, service)
+    names = [r.split(":", 1)[1] for r in refs]
+    fs.forget_cached_listings()
+    keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
+    if keys.duplicated().any():
+        raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")
+    known_ids = pc.unique(features_table(settings, [spec.ENTITY_KEY])[spec.ENTITY_KEY]).to_numpy()
+    known = keys[keys[spec.ENTITY_KEY].isin(known_ids)]
+    if len(known):
+        retrieved = store.get_historical_features(entity_df=known, features=store.get_feature_service(service)).to_df()
+    else:
+        retrieved = pd.DataFrame(columns=[spec.ENTITY_KEY, spec.TIMESTAMP, *names])
+    retrieved[spec.TIMESTAMP] = pd.to_datetime(retrieved[spec.TIMESTAMP], utc=True)
+    left = entity_df.copy()
+    left[spec.TIMESTAMP] = pd.to_datetime(left[spec.TIMESTAMP], utc=True)
+    merged = left.merge(retrieved[[spec.ENTITY_KEY, spec.TIMESTAMP, *names]], on=[spec.ENTITY_KEY, spec.TIMESTAMP],
+                        how="left", validate="one_to_one")
+    restored = len(left) - len(retrieved)
+    if restored:
+        log.info("%d of %d label rows had no feature values within the TTL; kept with nulls", restored, len(left))
+    return merged[[*entity_df.columns, *names]]
