@@ -3,6 +3,7 @@
 #   make test   run the test suite against real services (starts the local stack as needed)
 #   make up / make down   start / stop the local stack (S3 API, Redis if none, SQLite registry)
 #   make bench  run the benchmarks
+#   make airflow  the Airflow UI on http://127.0.0.1:8080 over the local stack
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +13,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down demo test bench lock clean
+.PHONY: venv up down demo test bench airflow lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -38,6 +39,9 @@ test: venv
 
 bench: up
 	$(PY) -m bench $(BENCH_ARGS)
+
+airflow: up
+	$(PY) -m orchestration.local_airflow
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: venv

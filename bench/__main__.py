@@ -5,6 +5,7 @@
     python -m bench materialize --entities 100000
     python -m bench validate --validate-rows 1000000
     python -m bench health --health-entities 100000
+    python -m bench retrieval --label-rows 100000
 
 Each measurement runs in a fresh process so its peak RSS is its own. Ratios are ours / limit
 (1.0 = as fast as the limit). Numbers are printed, never asserted: tests do not time things.
@@ -19,11 +20,19 @@ import sys
 
 from bench import measure
 
-DEFAULT_ETL_ROWS = (10_000, 100_000, 1_000_000)
-DEFAULT_ENTITIES = (100_000, 1_000_000)
-DEFAULT_VALIDATE_ROWS = (1_000_000,)
-DEFAULT_HEALTH_ENTITIES = (100_000,)
-KINDS = ("etl", "validate", "materialize", "health")
+# kind -> (title, unit, default sizes, the option that overrides the sizes)
+BENCHMARKS = {
+    "etl": ("ETL: raw HR export CSV -> features Parquet on S3 (read, transform, write, upload)", "rows",
+            (10_000, 100_000, 1_000_000), "rows"),
+    "validate": ("Validation: features suite (Great Expectations) on one partition, after import", "rows",
+                 (1_000_000,), "validate_rows"),
+    "materialize": ("Materialization: features partition on S3 -> Redis (feast materialize, batched)", "entities",
+                    (100_000, 1_000_000), "entities"),
+    "health": ("Online store check: freshness + coverage + eviction over every entity in Redis", "entities",
+               (100_000,), "health_entities"),
+    "retrieval": ("Training retrieval: get_historical_features (feature service) vs 1M feature rows, every row kept",
+                  "rows", (100_000, 1_000_000), "label_rows"),
+}
 
 
 def run_isolated(kind: str, size: int) -> dict:
@@ -51,29 +60,21 @@ def report(title: str, unit: str, results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("which", nargs="*", metavar="{etl,validate,materialize,health}",
+    parser.add_argument("which", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
                         help="benchmarks to run (default: all)")
     parser.add_argument("--rows", type=int, action="append", help="ETL sizes (raw rows)")
     parser.add_argument("--entities", type=int, action="append", help="materialization sizes (entities)")
     parser.add_argument("--validate-rows", type=int, action="append", help="validation sizes (partition rows)")
     parser.add_argument("--health-entities", type=int, action="append", help="online store check sizes (entities)")
+    parser.add_argument("--label-rows", type=int, action="append", help="training retrieval sizes (label rows)")
     args = parser.parse_args(argv)
-    which = args.which or list(KINDS)
-    unknown = set(which) - set(KINDS)
+    which = args.which or list(BENCHMARKS)
+    unknown = set(which) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    if "etl" in which:
-        report("ETL: raw HR export CSV -> features Parquet on S3 (read, transform, write, upload)", "rows",
-               [run_isolated("etl", n) for n in (args.rows or DEFAULT_ETL_ROWS)])
-    if "validate" in which:
-        report("Validation: features suite (Great Expectations) on one partition, after import", "rows",
-               [run_isolated("validate", n) for n in (args.validate_rows or DEFAULT_VALIDATE_ROWS)])
-    if "materialize" in which:
-        report("Materialization: features partition on S3 -> Redis (feast materialize, batched)", "entities",
-               [run_isolated("materialize", n) for n in (args.entities or DEFAULT_ENTITIES)])
-    if "health" in which:
-        report("Online store check: freshness + coverage + eviction over every entity in Redis", "entities",
-               [run_isolated("health", n) for n in (args.health_entities or DEFAULT_HEALTH_ENTITIES)])
+    for kind in which:
+        title, unit, sizes, option = BENCHMARKS[kind]
+        report(title, unit, [run_isolated(kind, n) for n in (getattr(args, option) or sizes)])
     print(f"\nmachine: {measure.machine()}")
     return 0
 

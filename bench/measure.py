@@ -227,10 +227,83 @@ def health_limit(entities: int) -> dict:
     return {"seconds": seconds, "peak_mb": peak_rss_mb()}
 
 
+RETRIEVAL_FEATURE_MONTHS = 10  # 100k employees x 10 monthly extractions = 1M feature rows
+
+
+def _prepare_retrieval(labels: int):
+    """1M feature rows on S3 (generated once) and ``labels`` label rows over the same employees."""
+    import numpy as np
+    import pandas as pd
+
+    base = bench_settings()
+    settings = replace(base, s3_features_prefix="bench/retrieval-features", feast_project="bench_retrieval",
+                       registry_url=f"sqlite:///{base.local_dir / 'bench' / 'retrieval-registry.db'}")
+    (settings.local_dir / "bench").mkdir(parents=True, exist_ok=True)
+    s3.ensure_bucket(settings)
+    from etl.layout import list_partitions
+
+    if len(list_partitions(settings)) < RETRIEVAL_FEATURE_MONTHS:
+        folder = settings.local_dir / "bench" / "retrieval-exports"
+        for path in gen.generate(folder, employees=100_000, months=RETRIEVAL_FEATURE_MONTHS, end=AS_OF, seed=5):
+            ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
+    rng = np.random.default_rng(9)
+    start = pd.Timestamp(AS_OF, tz="UTC") - pd.Timedelta(days=30 * RETRIEVAL_FEATURE_MONTHS)
+    offsets = rng.integers(0, 30 * RETRIEVAL_FEATURE_MONTHS * 86_400, labels)
+    frame = pd.DataFrame({"employee_id": rng.integers(1, 100_000, labels),
+                          "event_timestamp": start + pd.to_timedelta(offsets, unit="s")}).drop_duplicates()
+    return settings, frame
+
+
+def retrieval_ours(labels: int) -> dict:
+    from features import store as fs
+    from training import dataset
+
+    settings, frame = _prepare_retrieval(labels)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    started = time.perf_counter()
+    result = dataset.point_in_time(store, settings, frame)
+    seconds = time.perf_counter() - started
+    if len(result) != len(frame):
+        raise SystemExit(f"retrieval returned {len(result)} rows for {len(frame)} label rows")
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
+def retrieval_limit(labels: int) -> dict:
+    """DuckDB ASOF LEFT JOIN of the same label rows against the same feature rows (read from S3
+    with pyarrow, so no DuckDB extension is needed), TTL applied."""
+    import duckdb
+    import pyarrow.dataset as pads
+
+    from features import store as fs
+    from features.definitions import FEATURE_TTL
+
+    settings, frame = _prepare_retrieval(labels)
+    started = time.perf_counter()
+    features = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
+                            filesystem=fs._s3_filesystem(settings), partitioning="hive").to_table()
+    con = duckdb.connect()
+    con.register("labels", frame)
+    con.register("features", features)
+    result = con.execute(f"""
+        SELECT l.employee_id, l.event_timestamp,
+               CASE WHEN l.event_timestamp - f.event_timestamp <= INTERVAL {int(FEATURE_TTL.total_seconds())} SECOND
+                    THEN f.tenure END AS tenure
+        FROM labels l ASOF LEFT JOIN features f
+          ON l.employee_id = f.employee_id AND l.event_timestamp >= f.event_timestamp
+    """).fetch_arrow_table()
+    seconds = time.perf_counter() - started
+    if result.num_rows != len(frame):
+        raise SystemExit(f"ASOF join returned {result.num_rows} rows for {len(frame)}")
+    return {"seconds": seconds, "peak_mb": peak_rss_mb()}
+
+
 KINDS = {
     "etl": (etl_ours, etl_limit, "pyarrow CSV read + Parquet write + S3 upload of the same export"),
     "validate": (validate_ours, validate_limit,
                  "pyarrow read of the same partition into pandas + one range check per feature"),
+    "retrieval": (retrieval_ours, retrieval_limit,
+                  "DuckDB ASOF LEFT JOIN of the same label rows against the same 1M feature rows, TTL applied"),
     "health": (health_ours, health_limit,
                "raw SCAN of the same keys + pipelined HMGET of their timestamps"),
     "materialize": (materialize_ours, materialize_limit,

@@ -123,7 +123,7 @@ class Settings:
         }
 
     def s3_env(self) -> dict[str, str]:
-        """AWS variables for libraries that read them directly (s3fs inside Feast's file store)."""
+        """AWS variables for libraries that read them from the environment rather than from us."""
         env = {"AWS_DEFAULT_REGION": self.s3_region}
         if self.aws_access_key_id:
             env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64
 
 from core import settings as settings_mod
@@ -31,7 +32,9 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
     )
     source = FileSource(
         name="employee_features_source",
-        path=settings.features_uri,
+        # Every partition's file: extraction_date=YYYY-MM-DD/part-0.parquet under the features prefix.
+        path=f"{settings.features_uri}/*/*.parquet",
+        file_format=ParquetFormat(),
         timestamp_field=spec.TIMESTAMP,
         created_timestamp_column=spec.CREATED,
         s3_endpoint_override=settings.s3_endpoint_url,

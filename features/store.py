@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import urlparse
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import s3fs
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -36,16 +36,36 @@ FEATURE_SERVICE = "attrition_model_v1"
 
 def open_store(settings: Settings) -> FeatureStore:
     settings.export_to_environ()
+    configure_offline_engine(settings)
     return FeatureStore(repo_path=str(REPO_PATH))
 
 
-def forget_cached_listings() -> None:
-    """Drop s3fs's per-process listing and ETag cache before reading the offline store.
+def configure_offline_engine(settings: Settings) -> None:
+    """Let the DuckDB offline store read our S3: httpfs from its PyPI package, our credentials.
 
-    A re-ingested date replaces its partition object; a long-lived process (an Airflow worker,
-    a notebook) would otherwise fail with FileExpired on the old ETag or miss new partitions.
+    Feast's duckdb store reads through ibis's default DuckDB connection. The httpfs extension is
+    loaded from the `duckdb-ext-httpfs` package (never downloaded: autoinstall is off), and an S3
+    secret carries the endpoint, region and keys of core.settings. With no keys configured (an IAM
+    role), DuckDB's credential chain is used.
     """
-    s3fs.S3FileSystem.clear_instance_cache()
+    import duckdb
+    import ibis
+
+    connection = ibis.duckdb.connect()
+    raw = connection.con
+    extensions = Path(duckdb.__file__).resolve().parent.parent / "duckdb_ext" / "extensions"
+    raw.execute("SET autoinstall_known_extensions = false")
+    raw.execute(f"SET extension_directory = '{extensions}'")
+    raw.execute("LOAD httpfs")
+    options = [f"REGION '{settings.s3_region}'"]
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        options += [f"KEY_ID '{settings.aws_access_key_id}'", f"SECRET '{settings.aws_secret_access_key}'"]
+    if settings.s3_endpoint_url:
+        endpoint = urlparse(settings.s3_endpoint_url)
+        options += [f"ENDPOINT '{endpoint.netloc}'", "URL_STYLE 'path'",
+                    f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
+    raw.execute(f"CREATE OR REPLACE SECRET feature_platform_s3 (TYPE s3, {', '.join(options)})")
+    ibis.set_backend(connection)
 
 
 def _label(obj) -> str:
@@ -225,7 +245,6 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
     beyond the run that saw them leave.
     """
     started = time.perf_counter()
-    forget_cached_listings()
     if start is None:
         store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
         mode = "incremental"

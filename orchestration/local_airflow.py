@@ -115,3 +115,24 @@ def task_states(dag_id: str, run_id: str) -> dict[str, str]:
         tis = (session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
                .order_by(TaskInstance.start_date, TaskInstance.task_id).all())
         return {ti.task_id: str(ti.state) for ti in tis}
+
+
+def standalone(settings: Settings, port: int = 8080) -> int:
+    """`airflow standalone` on the local stack: UI and API on 127.0.0.1:<port>, every user an admin
+    (a laptop only; the Helm deployment configures real authentication)."""
+    env = configure(settings)
+    os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+    os.environ.setdefault("AIRFLOW__API__PORT", str(port))
+    os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
+    ensure_metadata_db()
+    print(f"Airflow UI: http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']}  (home {env['AIRFLOW_HOME']})", flush=True)
+    return subprocess.call([sys.executable, "-m", "airflow", "standalone"], env=os.environ.copy())
+
+
+if __name__ == "__main__":
+    from core import log as logsetup
+    from core import settings as settings_mod
+
+    logsetup.setup()
+    sys.exit(standalone(settings_mod.load()))

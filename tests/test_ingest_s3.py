@@ -25,9 +25,10 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     assert "rows in" in proc.stdout and "features published to s3://" in proc.stdout
     keys = s3.list_keys(stack, ing.partition_prefix(stack, as_of))
     assert keys == [ing.partition_key(stack, as_of)]
-    raw_keys = s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
-    assert len(raw_keys) == 1
-    assert s3.get_bytes(stack, raw_keys[0]) == exports[-1].read_bytes(), "raw export kept byte for byte"
+    data = exports[-1].read_bytes()
+    raw = ing.raw_key(stack, as_of, data, exports[-1].name)
+    assert raw in s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
+    assert s3.get_bytes(stack, raw) == data, "raw export kept byte for byte, under its content address"
     table = ing.read_partition(stack, as_of)
     assert table.num_rows == sum(1 for _ in exports[-1].open()) - 1
 

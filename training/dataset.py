@@ -14,7 +14,6 @@ import logging
 from datetime import timedelta
 
 import pandas as pd
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from feast import FeatureStore
 
@@ -71,28 +70,22 @@ def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFra
     """``entity_df`` with the service's features as of each row's timestamp, in the service's order.
 
     Every entity row comes back, exactly once, in the input order: a row with no feature value
-    inside the TTL gets nulls. Feast's file offline store drops such rows, and fails outright on
-    an entity it has never seen; unknown entities are answered with nulls here without asking it,
-    and dropped rows are put back, so a training set never shrinks silently.
+    inside the TTL gets nulls. The result is joined back onto the entity dataframe by key, so a
+    training set can never shrink silently, whatever the offline store returns.
     """
     refs = fs.feature_refs(store, service)
     names = [r.split(":", 1)[1] for r in refs]
-    fs.forget_cached_listings()
     keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
     if keys.duplicated().any():
         raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")
-    known_ids = pc.unique(features_table(settings, [spec.ENTITY_KEY])[spec.ENTITY_KEY]).to_numpy()
-    known = keys[keys[spec.ENTITY_KEY].isin(known_ids)]
-    if len(known):
-        retrieved = store.get_historical_features(entity_df=known, features=store.get_feature_service(service)).to_df()
-    else:
-        retrieved = pd.DataFrame(columns=[spec.ENTITY_KEY, spec.TIMESTAMP, *names])
+    fs.configure_offline_engine(settings)
+    retrieved = store.get_historical_features(entity_df=keys, features=store.get_feature_service(service)).to_df()
     retrieved[spec.TIMESTAMP] = pd.to_datetime(retrieved[spec.TIMESTAMP], utc=True)
     left = entity_df.copy()
     left[spec.TIMESTAMP] = pd.to_datetime(left[spec.TIMESTAMP], utc=True)
     merged = left.merge(retrieved[[spec.ENTITY_KEY, spec.TIMESTAMP, *names]], on=[spec.ENTITY_KEY, spec.TIMESTAMP],
                         how="left", validate="one_to_one")
-    restored = len(left) - len(retrieved)
-    if restored:
-        log.info("%d of %d label rows had no feature values within the TTL; kept with nulls", restored, len(left))
+    if len(retrieved) != len(left):
+        log.warning("the offline store returned %d rows for %d label rows; missing rows kept with nulls",
+                    len(retrieved), len(left))
     return merged[[*entity_df.columns, *names]]
