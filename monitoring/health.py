@@ -93,7 +93,8 @@ class HealthReport:
             f"  coverage: {self.active_expected - self.active_missing}/{self.active_expected} active employees online, "
             f"{self.inactive_served} no longer active still served",
             f"  evicted since last check: {self.evicted_since_last}, expired: {self.expired_since_last}; "
-            f"memory {self.used_memory / 1e6:.1f} MB of {self.maxmemory / 1e6:.1f} MB (policy {self.maxmemory_policy})",
+            f"memory {self.used_memory / 1e6:.1f} MB of "
+            f"{f'{self.maxmemory / 1e6:.1f} MB' if self.maxmemory else 'no maxmemory'} (policy {self.maxmemory_policy})",
         ]
         lines += [f"  PROBLEM: {p}" for p in self.problems]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -265,7 +266,9 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     if report.evicted_since_last > 0:
         report.problems.append(f"Redis evicted {report.evicted_since_last} keys since the previous check "
                                f"(policy {report.maxmemory_policy}, maxmemory {report.maxmemory})")
-    if report.maxmemory and report.memory_ratio > memory_warn_ratio:
+    if not report.maxmemory:
+        report.warnings.append("maxmemory is not set: Redis can grow until its container is killed for memory")
+    elif report.memory_ratio > memory_warn_ratio:
         report.warnings.append(f"memory at {report.memory_ratio:.0%} of maxmemory")
     if report.maxmemory_policy in EVICTING_ALL_KEYS:
         report.warnings.append(f"maxmemory-policy {report.maxmemory_policy} can evict Feast keys, which have no TTL; "

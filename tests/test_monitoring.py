@@ -110,7 +110,8 @@ def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting
     settings = replace(materialized, redis_url=f"redis://127.0.0.1:{port}/0",
                        s3_features_prefix=materialized.s3_features_prefix)
     first = health.check(settings, use_registry=False)
-    assert first.evicted_since_last == 0
+    assert first.evicted_since_last == 0 and first.maxmemory == 3 * 1024 * 1024
+    assert not any("maxmemory is not set" in w for w in first.warnings)
     assert any("allkeys-lru can evict Feast keys" in w for w in first.warnings)
     payload = b"x" * 2048
     for start in range(0, 4000, 500):  # ~8 MB into a 3 MB server: it must evict
