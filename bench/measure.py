@@ -273,15 +273,13 @@ def retrieval_limit(labels: int) -> dict:
     """DuckDB ASOF LEFT JOIN of the same label rows against the same feature rows (read from S3
     with pyarrow, so no DuckDB extension is needed), TTL applied."""
     import duckdb
-    import pyarrow.dataset as pads
 
-    from features import store as fs
+    from etl.layout import features_dataset
     from features.definitions import FEATURE_TTL
 
     settings, frame = _prepare_retrieval(labels)
     started = time.perf_counter()
-    features = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
-                            filesystem=fs._s3_filesystem(settings), partitioning="hive").to_table()
+    features = features_dataset(settings).to_table()
     con = duckdb.connect()
     con.register("labels", frame)
     con.register("features", features)

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import boto3
+import pyarrow.fs as pafs
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -38,6 +39,12 @@ def client(settings: Settings):
         aws_secret_access_key=settings.aws_secret_access_key,
         config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
     )
+
+
+def arrow_filesystem(settings: Settings) -> pafs.S3FileSystem:
+    """The same S3, for pyarrow datasets (reads of many partitions at once)."""
+    return pafs.S3FileSystem(endpoint_override=settings.s3_endpoint_url, region=settings.s3_region,
+                             access_key=settings.aws_access_key_id, secret_key=settings.aws_secret_access_key)
 
 
 def ensure_bucket(settings: Settings, s3=None) -> None:

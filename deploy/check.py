@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART_DATA = ROOT / "tests" / "data" / "helm-charts"
 VALUES_DIR = ROOT / "helm-values"
 MANIFESTS_DIR = ROOT / "deploy" / "k8s"
-TARGET_KUBERNETES_VERSION = "1.33.0"  # also orchestration.worker's, for rendered pod specs
+TARGET_KUBERNETES_VERSION = "1.33.0"  # manifests here and the pod specs the DAGs render
 
 # values file(s) -> chart; overlays are merged in order over the base.
 RELEASES = {

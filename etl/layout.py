@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from datetime import date
 
+import pyarrow.dataset as pads
+
 from core import s3
 from core.settings import Settings
 
@@ -33,6 +35,12 @@ def staging_key(settings: Settings, as_of: date) -> str:
 def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:
     digest = hashlib.sha256(data).hexdigest()[:16]
     return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{file_name}"
+
+
+def features_dataset(settings: Settings) -> pads.Dataset:
+    """Every published features partition as one pyarrow dataset (hive-partitioned by date)."""
+    return pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
+                        filesystem=s3.arrow_filesystem(settings), partitioning="hive")
 
 
 def list_partitions(settings: Settings) -> list[date]:

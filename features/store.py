@@ -15,8 +15,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -26,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.settings import Settings
 from etl import features as spec
+from etl.layout import features_dataset
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +143,13 @@ def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False
     return names
 
 
-def _s3_filesystem(settings: Settings) -> pafs.S3FileSystem:
-    return pafs.S3FileSystem(
-        endpoint_override=settings.s3_endpoint_url, region=settings.s3_region,
-        access_key=settings.aws_access_key_id, secret_key=settings.aws_secret_access_key,
-    )
-
-
 def entities_to_retire(settings: Settings, up_to: datetime) -> tuple[set[int], set[int]]:
     """(active ids, ids not to be served) as of the latest extraction at or before ``up_to``.
 
     An employee stops being served once their latest row says they left, or once they are absent
     from the latest extraction (they left in a batch that was never ingested).
     """
-    dataset = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
-                           filesystem=_s3_filesystem(settings), partitioning="hive")
+    dataset = features_dataset(settings)
     table = dataset.to_table(columns=[spec.ENTITY_KEY, spec.TIMESTAMP, spec.ACTIVE],
                              filter=pc.field(spec.TIMESTAMP) <= up_to)
     if table.num_rows == 0:
@@ -198,8 +189,7 @@ def clear_same_timestamp(store: FeatureStore, settings: Settings, start: datetim
     value is removed so that the materialization that follows writes the corrected one; values from
     a newer extraction are left alone, so a backfill never puts older data over newer.
     """
-    dataset = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
-                           filesystem=_s3_filesystem(settings), partitioning="hive")
+    dataset = features_dataset(settings)
     rows = dataset.to_table(columns=[spec.ENTITY_KEY, spec.TIMESTAMP],
                             filter=(pc.field(spec.TIMESTAMP) >= start) & (pc.field(spec.TIMESTAMP) < end))
     if rows.num_rows == 0:

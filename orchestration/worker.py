@@ -24,8 +24,6 @@ PASSED_SETTINGS = (
     "FP_S3_ENDPOINT_URL", "FP_S3_REGION", "FP_S3_BUCKET", "FP_S3_RAW_PREFIX", "FP_S3_FEATURES_PREFIX",
     "FP_S3_QUARANTINE_PREFIX", "FP_S3_SSE", "FP_FEAST_PROJECT", "FP_MATERIALIZE_BATCH_SIZE",
 )
-# The Kubernetes version the manifests and pod specs are validated against (kubernetes-validate).
-TARGET_KUBERNETES_VERSION = "1.33.0"
 SECRET_NAME = "feature-platform-credentials"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, FP_REDIS_URL, FP_REGISTRY_URL
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from feast import Field
-from feast.types import Float32, Int64, String
+from feast.types import Float32, Int64
 
 from conftest import isolated, run_cli
 from features import check

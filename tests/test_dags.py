@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import kubernetes_validate
@@ -18,7 +17,8 @@ from kubernetes.client import ApiClient
 from conftest import ROOT
 from core import settings as settings_mod
 from orchestration import local_airflow
-from orchestration.worker import TARGET_KUBERNETES_VERSION, LocalCommandOperator, kubernetes_operator, worker_spec
+from deploy.check import TARGET_KUBERNETES_VERSION
+from orchestration.worker import LocalCommandOperator, kubernetes_operator, worker_spec
 
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY_MODULES = ("feast", "great_expectations", "pandas", "sklearn", "duckdb", "pyarrow.parquet", "s3fs", "dask")

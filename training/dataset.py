@@ -14,11 +14,11 @@ import logging
 from datetime import timedelta
 
 import pandas as pd
-import pyarrow.dataset as pads
 from feast import FeatureStore
 
 from core.settings import Settings
 from etl import features as spec
+from etl.layout import features_dataset
 from features import store as fs
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ class DatasetError(RuntimeError):
 
 
 def features_table(settings: Settings, columns: list[str]):
-    dataset = pads.dataset(f"{settings.s3_bucket}/{settings.s3_features_prefix}", format="parquet",
-                           filesystem=fs._s3_filesystem(settings), partitioning="hive")
-    return dataset.to_table(columns=columns)
+    return features_dataset(settings).to_table(columns=columns)
 
 
 def build_labels(settings: Settings, horizon: timedelta = HORIZON) -> pd.DataFrame:
