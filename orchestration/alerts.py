@@ -4,18 +4,24 @@ Where alerts go comes from the environment (an Airflow Variable or a Kubernetes 
 
 * ``FP_ALERT_WEBHOOK_URL``: a URL that receives a JSON POST;
 * ``FP_ALERT_FORMAT``: ``generic`` (default; the JSON document below) or ``slack`` (a Slack incoming
-  webhook payload, ``{"text": ...}``).
+  webhook payload, ``{"text": ...}``);
+* ``FP_ALERT_EMAIL_TO``: comma-separated addresses that also get each alert by email, through
+  ``FP_SMTP_HOST`` / ``FP_SMTP_PORT`` (STARTTLS when ``FP_SMTP_STARTTLS`` is true; login with
+  ``FP_SMTP_USER`` / ``FP_SMTP_PASSWORD`` when set), from ``FP_ALERT_EMAIL_FROM``.
 
-With no URL set, alerts are logged only. The deadline callback is async: Airflow runs it in the
+With none set, alerts are logged only. The deadline callback is async: Airflow runs it in the
 triggerer, which is where callbacks must run under the KubernetesExecutor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import smtplib
 import urllib.request
+from email.message import EmailMessage
 from typing import Any
 
 from airflow.sdk import BaseNotifier
@@ -35,10 +41,35 @@ def render(alert: dict[str, Any], fmt: str) -> bytes:
     return json.dumps(alert, default=str).encode()
 
 
+def email(alert: dict[str, Any]) -> bool:
+    """Mail one alert to FP_ALERT_EMAIL_TO, if set; return whether it was handed to the SMTP server."""
+    recipients = [a.strip() for a in os.environ.get("FP_ALERT_EMAIL_TO", "").split(",") if a.strip()]
+    if not recipients:
+        return False
+    message = EmailMessage()
+    message["Subject"] = f"[hr-feature-platform] {alert['title']}"
+    message["From"] = os.environ.get("FP_ALERT_EMAIL_FROM", "hr-feature-platform@localhost")
+    message["To"] = ", ".join(recipients)
+    message.set_content("\n".join(f"{k}: {v}" for k, v in alert.items() if v not in (None, "")))
+    try:
+        with smtplib.SMTP(os.environ.get("FP_SMTP_HOST", "localhost"), int(os.environ.get("FP_SMTP_PORT", "25")),
+                          timeout=10) as smtp:
+            if os.environ.get("FP_SMTP_STARTTLS", "false").lower() == "true":
+                smtp.starttls()
+            if os.environ.get("FP_SMTP_USER"):
+                smtp.login(os.environ["FP_SMTP_USER"], os.environ.get("FP_SMTP_PASSWORD", ""))
+            smtp.send_message(message)
+        return True
+    except (OSError, smtplib.SMTPException) as exc:
+        log.error("could not email the alert to %s: %s", recipients, exc)
+        return False
+
+
 def post(alert: dict[str, Any]) -> bool:
-    """Send one alert synchronously; return whether it was delivered (failures are logged, not raised)."""
+    """Send one alert synchronously; return whether the webhook took it (failures are logged, not raised)."""
     url, fmt = _destination()
     log.error("ALERT %s", json.dumps(alert, default=str))
+    email(alert)
     if not url:
         return False
     request = urllib.request.Request(url, data=render(alert, fmt), headers={"Content-Type": "application/json"})
@@ -55,6 +86,8 @@ async def post_async(alert: dict[str, Any]) -> bool:
 
     url, fmt = _destination()
     log.error("ALERT %s", json.dumps(alert, default=str))
+    if os.environ.get("FP_ALERT_EMAIL_TO"):
+        await asyncio.to_thread(email, alert)  # smtplib blocks; keep the triggerer's loop free
     if not url:
         return False
     try:
