@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
 from etl.layout import partition_key, staging_key
@@ -189,3 +189,19 @@ def test_real_published_partition_passes_the_features_suite_cli(gate_settings):
                    env={"FP_S3_FEATURES_PREFIX": gate_settings.s3_features_prefix})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "passed" in proc.stdout
+
+
+def test_the_published_ibm_export_passes_both_suites(gate_settings):
+    """The first rows of the public IBM HR Analytics Employee Attrition file, byte for byte in its
+    published format (a UTF-8 BOM, an unquoted header, CRLF-free rows)."""
+    path = ROOT / "tests" / "data" / "ibm_hr_attrition_head.csv"
+    raw = gate.validate(gate_settings, "raw", str(path), as_of=GOOD_DAY, previous_rows=5, quarantine=False)
+    assert raw.passed, raw.message()
+    assert [w.rule for w in raw.warnings] == ["byte-order mark"]
+    features = ing.to_parquet(ing.transform(path.read_bytes(), str(path), GOOD_DAY))
+    outcome = gate.validate(gate_settings, "features", "ibm/part-0.parquet", as_of=GOOD_DAY, data=features,
+                            previous_rows=5, quarantine=False, publish_report=False)
+    assert outcome.passed, outcome.message()
+    rows = {r["employee_id"]: r for r in ing.transform(path.read_bytes(), str(path), GOOD_DAY).to_pylist()}
+    assert rows[1]["salary_band"] == 2 and rows[1]["overtime"] == 1 and rows[1]["is_active"] is False
+    assert rows[1]["overall_satisfaction"] == (2 + 4 + 1 + 1) / 4
