@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import boto3
 import pyarrow.fs as pafs
@@ -110,6 +111,18 @@ def list_keys(settings: Settings, prefix: str, s3=None) -> list[str]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=prefix):
         keys.extend(obj["Key"] for obj in page.get("Contents", []))
     return keys
+
+
+def read_source(settings: Settings, source: str) -> tuple[bytes, str]:
+    """Bytes and file name of a local path or an s3:// URI."""
+    if source.startswith("s3://"):
+        bucket, key = parse_uri(source)
+        body = client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body, key.rsplit("/", 1)[-1]
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {source}")
+    return path.read_bytes(), path.name
 
 
 def parse_uri(uri: str) -> tuple[str, str]:

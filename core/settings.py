@@ -129,6 +129,20 @@ class Settings:
             "FP_MATERIALIZE_BATCH_SIZE": str(self.materialize_batch_size),
         }
 
+    def worker_env(self) -> dict[str, str]:
+        """The non-secret settings a worker pod needs; secrets travel in a Kubernetes Secret."""
+        return {
+            "FP_S3_ENDPOINT_URL": self.s3_endpoint_url or "",
+            "FP_S3_REGION": self.s3_region,
+            "FP_S3_BUCKET": self.s3_bucket,
+            "FP_S3_RAW_PREFIX": self.s3_raw_prefix,
+            "FP_S3_FEATURES_PREFIX": self.s3_features_prefix,
+            "FP_S3_QUARANTINE_PREFIX": self.s3_quarantine_prefix,
+            "FP_S3_SSE": self.s3_sse or "",
+            "FP_FEAST_PROJECT": self.feast_project,
+            "FP_MATERIALIZE_BATCH_SIZE": str(self.materialize_batch_size),
+        }
+
     def s3_env(self) -> dict[str, str]:
         """AWS variables for libraries that read them from the environment rather than from us."""
         env = {"AWS_DEFAULT_REGION": self.s3_region}

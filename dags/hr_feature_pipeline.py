@@ -116,10 +116,11 @@ def hr_feature_pipeline():
     def keep_raw(export: dict) -> dict:
         from datetime import date
 
+        from core import s3
         from etl import ingest
 
         settings = settings_mod.load()
-        data, name = ingest.read_source(settings, export["source"])
+        data, name = s3.read_source(settings, export["source"])
         uri, already = ingest.keep_raw(settings, date.fromisoformat(export["as_of"]), data, name)
         return {**export, "raw_uri": uri, "raw_already_kept": already}
 
@@ -144,10 +145,11 @@ def hr_feature_pipeline():
     def stage_features(export: dict) -> dict:
         from datetime import date
 
+        from core import s3
         from etl import ingest
 
         settings = settings_mod.load()
-        data, _ = ingest.read_source(settings, export["raw_uri"])
+        data, _ = s3.read_source(settings, export["raw_uri"])
         table, _, staged = ingest.stage_features(settings, data, export["raw_uri"], date.fromisoformat(export["as_of"]))
         return {**export, "staged_uri": staged, "rows": table.num_rows}
 

@@ -162,16 +162,18 @@ def _env_entries(document) -> list[dict]:
     return out
 
 
+# Kubernetes quantities (K, M, G, T decimal; Ki, Mi, Gi, Ti binary) and Redis sizes (k, m, g
+# decimal; kb, mb, gb binary: Redis's "1mb" is 1024*1024 bytes).
+MEMORY_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+                "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4,
+                "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
+
+
 def _memory_bytes(text: str) -> int:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?|[kmgt]b?|)", str(text).strip())
-    if not match:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)", str(text).strip())
+    if not match or match.group(2).lower() not in MEMORY_UNITS:
         raise ValueError(f"cannot read memory quantity {text!r}")
-    number, unit = float(match.group(1)), match.group(2).lower().rstrip("b")
-    scale = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
-             "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
-    if unit in {"k", "m", "g", "t"} and "b" in match.group(2).lower():
-        scale = {**scale, unit: 1024 ** " kmgt".index(unit)}  # Redis "mb" means MiB
-    return int(number * scale[unit])
+    return int(float(match.group(1)) * MEMORY_UNITS[match.group(2).lower()])
 
 
 def policy_problems(release: str, merged: dict) -> list[Problem]:

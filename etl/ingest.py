@@ -19,7 +19,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,13 +27,10 @@ import pyarrow.parquet as pq
 from core import s3
 from core.settings import Settings
 from etl import features, schema
-from etl.layout import PARTITION_FILE, list_partitions, partition_key, partition_prefix, raw_key, staging_key
+from etl.layout import partition_key, raw_key, staging_key
 from expectations import gate
 
 log = logging.getLogger(__name__)
-
-__all__ = ["PARTITION_FILE", "list_partitions", "partition_key", "partition_prefix", "raw_key", "ingest",
-           "keep_raw", "stage_features", "publish", "read_partition", "IngestResult"]
 
 
 @dataclass(frozen=True)
@@ -63,18 +59,6 @@ class IngestResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def read_source(settings: Settings, source: str) -> tuple[bytes, str]:
-    """Bytes and file name of an export given as a local path or an s3:// URI."""
-    if source.startswith("s3://"):
-        bucket, key = s3.parse_uri(source)
-        body = s3.client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
-        return body, key.rsplit("/", 1)[-1]
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"export not found: {source}")
-    return path.read_bytes(), path.name
 
 
 def check_extraction_date(source: str, as_of: date) -> None:
@@ -137,7 +121,7 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
     started = time.perf_counter()
     if not validate:
         check_extraction_date(source, as_of)  # otherwise the gate checks it, and quarantines the batch
-    data, file_name = read_source(settings, source)
+    data, file_name = s3.read_source(settings, source)
     client = s3.client(settings)
     s3.ensure_bucket(settings, client)
     # The raw file is kept before anything can reject it: a bad export is never lost.

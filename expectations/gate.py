@@ -177,13 +177,6 @@ def load_features(data: bytes) -> pd.DataFrame:
     return pq.read_table(io.BytesIO(data)).to_pandas()
 
 
-def read_batch(settings: Settings, source: str) -> bytes:
-    if source.startswith("s3://"):
-        bucket, key = s3.parse_uri(source)
-        return s3.client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
-    return Path(source).read_bytes()
-
-
 # --- running the suite -------------------------------------------------------------------------
 
 def load_suite(name: str) -> dict:
@@ -295,7 +288,7 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
     started = time.perf_counter()
     suite_name = SUITES[suite]
     as_of = as_of or as_of_from_path(source)
-    data = read_batch(settings, source) if data is None else data
+    data = s3.read_source(settings, source)[0] if data is None else data
     pre_failures: list[Failure] = []
     today = datetime.now(timezone.utc).date()
     if as_of is not None and as_of > today:

@@ -161,21 +161,29 @@ def entities_to_retire(settings: Settings, up_to: datetime) -> tuple[set[int], s
     return active, everyone - active
 
 
+def _online_client(store: FeatureStore):
+    return store._get_provider().online_store._get_client(store.config.online_store)
+
+
+def _online_key(store: FeatureStore, employee_id: int) -> bytes:
+    """An employee's Redis key, exactly as Feast's redis online store builds it."""
+    key = EntityKeyProto(join_keys=[spec.ENTITY_KEY], entity_values=[ValueProto(int64_val=employee_id)])
+    return _redis_key(store.config.project, key, store.config.entity_key_serialization_version)
+
+
 def retire(store: FeatureStore, employee_ids: set[int]) -> int:
     """Remove these employees' `employee_features` values from Redis, in Feast's own key layout."""
     if not employee_ids:
         return 0
-    config = store.config
     view = store.get_feature_view(FEATURE_VIEW)
     fields = [_mmh3(f"{view.name}:{f.name}") for f in view.features] + [f"_ts:{view.name}".encode()]
-    client = store._get_provider().online_store._get_client(config.online_store)
+    client = _online_client(store)
     removed = 0
     ids = sorted(employee_ids)
     for start in range(0, len(ids), 5000):
         with client.pipeline(transaction=False) as pipe:
             for employee_id in ids[start:start + 5000]:
-                key = EntityKeyProto(join_keys=[spec.ENTITY_KEY], entity_values=[ValueProto(int64_val=employee_id)])
-                pipe.hdel(_redis_key(config.project, key, config.entity_key_serialization_version), *fields)
+                pipe.hdel(_online_key(store, employee_id), *fields)
             removed += sum(1 for n in pipe.execute() if n)
     return removed
 
@@ -194,13 +202,11 @@ def clear_same_timestamp(store: FeatureStore, settings: Settings, start: datetim
                             filter=(pc.field(spec.TIMESTAMP) >= start) & (pc.field(spec.TIMESTAMP) < end))
     if rows.num_rows == 0:
         return 0
-    config = store.config
     view_ts_field = f"_ts:{FEATURE_VIEW}".encode()
-    client = store._get_provider().online_store._get_client(config.online_store)
+    client = _online_client(store)
     ids = rows[spec.ENTITY_KEY].to_pylist()
     stamps = [Timestamp(seconds=int(t.timestamp())) for t in rows[spec.TIMESTAMP].to_pylist()]
-    keys = [_redis_key(config.project, EntityKeyProto(join_keys=[spec.ENTITY_KEY], entity_values=[ValueProto(int64_val=i)]),
-                       config.entity_key_serialization_version) for i in ids]
+    keys = [_online_key(store, i) for i in ids]
     with client.pipeline(transaction=False) as pipe:
         for key in keys:
             pipe.hget(key, view_ts_field)

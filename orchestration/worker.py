@@ -15,15 +15,10 @@ from dataclasses import dataclass, field
 
 from airflow.sdk import BaseOperator
 
-from core.settings import Settings, raw
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Non-secret settings passed explicitly to the worker; secrets travel in the Secret below.
-PASSED_SETTINGS = (
-    "FP_S3_ENDPOINT_URL", "FP_S3_REGION", "FP_S3_BUCKET", "FP_S3_RAW_PREFIX", "FP_S3_FEATURES_PREFIX",
-    "FP_S3_QUARANTINE_PREFIX", "FP_S3_SSE", "FP_FEAST_PROJECT", "FP_MATERIALIZE_BATCH_SIZE",
-)
 SECRET_NAME = "feature-platform-credentials"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, FP_REDIS_URL, FP_REGISTRY_URL
 
 
@@ -44,11 +39,7 @@ class WorkerSpec:
 
 
 def worker_spec(task_id: str, argv: list[str], settings: Settings, resources: Resources | None = None) -> WorkerSpec:
-    env = {name: raw(name) for name in PASSED_SETTINGS}
-    env["FP_S3_ENDPOINT_URL"] = settings.s3_endpoint_url or ""
-    env["FP_S3_BUCKET"] = settings.s3_bucket
-    env["FP_FEAST_PROJECT"] = settings.feast_project
-    return WorkerSpec(task_id, list(argv), env, resources or Resources())
+    return WorkerSpec(task_id, list(argv), settings.worker_env(), resources or Resources())
 
 
 class LocalCommandOperator(BaseOperator):

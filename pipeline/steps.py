@@ -1,14 +1,14 @@
 """The nightly pipeline's steps as plain functions; the Airflow DAG and the demo only sequence them.
 
-Heavy steps (materialization) are also exposed as argv (``worker_argv``) so the same command runs
-as a local subprocess or in a Kubernetes pod.
+Heavy steps (materialization, training) run as CLI commands through orchestration.worker, so the
+same argv runs as a local subprocess or in a Kubernetes pod.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 from core import s3
@@ -57,7 +57,3 @@ def find_export(settings: Settings, inbox: str, run_date: date) -> tuple[date, s
     as_of = max(exports)
     return as_of, exports[as_of]
 
-
-def materialize_argv(end: datetime) -> list[str]:
-    """The worker command for incremental materialization (identical locally and in a pod)."""
-    return ["python", "-m", "features", "materialize-incremental", end.isoformat()]

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
+from etl.layout import partition_key, partition_prefix, raw_key
 from etl.generate import export_name
 
 pytestmark = pytest.mark.integration
@@ -23,10 +24,10 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", as_of.isoformat())
     assert proc.returncode == 0, proc.stderr
     assert "rows in" in proc.stdout and "features published to s3://" in proc.stdout
-    keys = s3.list_keys(stack, ing.partition_prefix(stack, as_of))
-    assert keys == [ing.partition_key(stack, as_of)]
+    keys = s3.list_keys(stack, partition_prefix(stack, as_of))
+    assert keys == [partition_key(stack, as_of)]
     data = exports[-1].read_bytes()
-    raw = ing.raw_key(stack, as_of, data, exports[-1].name)
+    raw = raw_key(stack, as_of, data, exports[-1].name)
     assert raw in s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
     assert s3.get_bytes(stack, raw) == data, "raw export kept byte for byte, under its content address"
     table = ing.read_partition(stack, as_of)
@@ -38,7 +39,7 @@ def test_rerun_replaces_never_duplicates(stack, exports):
     first = ing.ingest(stack, str(exports[-2]), as_of)
     second = ing.ingest(stack, str(exports[-2]), as_of)
     assert second.raw_already_kept, "the second run finds the raw export already kept"
-    assert s3.list_keys(stack, ing.partition_prefix(stack, as_of)) == [ing.partition_key(stack, as_of)]
+    assert s3.list_keys(stack, partition_prefix(stack, as_of)) == [partition_key(stack, as_of)]
     table = ing.read_partition(stack, as_of)
     assert table.num_rows == first.rows_out == second.rows_out
     assert table["employee_id"].to_pylist() == sorted(set(table["employee_id"].to_pylist()))
@@ -61,7 +62,7 @@ def test_corrected_export_sits_beside_the_original(stack, exports, tmp_path):
 def test_objects_request_server_side_encryption(stack, exports):
     as_of = date(2026, 10, 31)
     ing.ingest(stack, str(exports[-1]), as_of)
-    head = s3.client(stack).head_object(Bucket=stack.s3_bucket, Key=ing.partition_key(stack, as_of))
+    head = s3.client(stack).head_object(Bucket=stack.s3_bucket, Key=partition_key(stack, as_of))
     assert head.get("ServerSideEncryption") == "AES256"
 
 
@@ -76,7 +77,7 @@ def test_future_date_and_bad_file_are_clear_errors(stack, exports, tmp_path):
     proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31")
     assert proc.returncode == 1, proc.stderr
     assert str(bad) in proc.stderr and "expect_table_columns_to_match_set" in proc.stderr
-    assert s3.list_keys(stack, ing.partition_prefix(stack, date(2026, 7, 31))) == [], "nothing published"
+    assert s3.list_keys(stack, partition_prefix(stack, date(2026, 7, 31))) == [], "nothing published"
 
 
 WRITER = """
@@ -93,7 +94,7 @@ def test_killed_writer_leaves_previous_partition_readable(stack, exports):
     """SIGKILL the writer in the middle of a multipart upload: readers still see the old partition whole."""
     as_of = date(2026, 10, 31)
     ing.ingest(stack, str(exports[-1]), as_of)
-    key = ing.partition_key(stack, as_of)
+    key = partition_key(stack, as_of)
     before = ing.read_partition(stack, as_of)
     client = s3.client(stack)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, key], cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -14,7 +14,7 @@ from conftest import ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing
-from etl.layout import partition_key
+from etl.layout import list_partitions, partition_key
 from features import store as fs
 from training import dataset, model
 
@@ -119,7 +119,7 @@ def test_train_store_and_promote(trained):
 def test_labels_never_use_the_future(trained):
     settings, _, _ = trained
     labels = dataset.build_labels(settings, timedelta(days=62))
-    newest = ing.read_partition(settings, max(ing.list_partitions(settings)))["event_timestamp"][0].as_py()
+    newest = ing.read_partition(settings, max(list_partitions(settings)))["event_timestamp"][0].as_py()
     assert (labels["event_timestamp"] + timedelta(days=62) <= pd.Timestamp(newest)).all(), "censored rows dropped"
     assert labels["label"].isin([0, 1]).all() and labels["label"].sum() > 0
 
@@ -128,7 +128,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
     settings, store, result = trained
     if not result.promoted:
         pytest.skip("the small synthetic history did not pass the quality gate; serving needs a promoted model")
-    active = [r["employee_id"] for r in ing.read_partition(settings, max(ing.list_partitions(settings))).to_pylist()
+    active = [r["employee_id"] for r in ing.read_partition(settings, max(list_partitions(settings))).to_pylist()
               if r["is_active"]][:5]
     scores = model.predict(store, settings, active)
     assert set(scores) == set(active) and all(0 <= p <= 1 for p in scores.values())
@@ -141,7 +141,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
 
     # A feature definition changes behind the model's back: the latest extraction is republished
     # with another satisfaction formula, and Redis still holds the old values.
-    latest = max(ing.list_partitions(settings))
+    latest = max(list_partitions(settings))
     table = ing.read_partition(settings, latest)
     changed = table.set_column(table.schema.get_field_index("overall_satisfaction"), "overall_satisfaction",
                                pa.compute.multiply(table["overall_satisfaction"], 0.5))

@@ -76,7 +76,6 @@ def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFra
     keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
     if keys.duplicated().any():
         raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")
-    fs.configure_offline_engine(settings)
     retrieved = store.get_historical_features(entity_df=keys, features=store.get_feature_service(service)).to_df()
     retrieved[spec.TIMESTAMP] = pd.to_datetime(retrieved[spec.TIMESTAMP], utc=True)
     left = entity_df.copy()
