@@ -2,6 +2,7 @@
 #   make demo   run the nightly job end to end on the embedded local stack and show its result
 #   make test   run the test suite against real services (starts the local stack as needed)
 #   make up / make down   start / stop the local stack (S3 API, Redis if none, SQLite registry)
+#   make serve  the feature server (127.0.0.1:6566) and the inference API (127.0.0.1:8000) on the local stack
 #   make bench  run the benchmarks
 #   make airflow  the Airflow UI on http://127.0.0.1:8080 over the local stack
 
@@ -13,7 +14,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down demo test bench airflow lock clean
+.PHONY: venv up serve down demo test bench airflow lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -27,6 +28,9 @@ venv: $(STAMP)
 
 up: venv
 	$(PY) -m devstack up
+
+serve: venv
+	$(PY) -m devstack serve
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; fi

@@ -136,25 +136,23 @@ def materialize_ours(entities: int) -> dict:
 
 def materialize_limit(entities: int) -> dict:
     """Raw redis-py pipelined HSETs of the same keys and serialized values, 10k per round trip."""
-    from feast.infra.online_stores.helpers import _mmh3, _redis_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from etl import features as spec
+    from features import online
 
     settings = replace(bench_settings(), feast_project=f"benchlimit_{entities}")
     table = ing.transform(export_of(entities).read_bytes(), "bench", AS_OF)
     ts = Timestamp()
     ts.FromDatetime(datetime(AS_OF.year, AS_OF.month, AS_OF.day))
-    ts_field, ts_value = "_ts:employee_features".encode(), ts.SerializeToString()
-    fields = [_mmh3(f"employee_features:{f.name}") for f in spec.FEATURES]
+    *fields, ts_field = online.feature_fields()
+    ts_value = ts.SerializeToString()
     columns = [table[f.name].to_pylist() for f in spec.FEATURES]
     kinds = ["int64_val" if f.dtype == "int64" else "double_val" for f in spec.FEATURES]
     payload = []
     for i, employee_id in enumerate(table["employee_id"].to_pylist()):
-        key = _redis_key(settings.feast_project, EntityKey(join_keys=["employee_id"],
-                                                           entity_values=[Value(int64_val=employee_id)]))
+        key = online.redis_key(settings.feast_project, employee_id)
         mapping = {f: Value(**{k: col[i]}).SerializeToString() for f, k, col in zip(fields, kinds, columns)}
         mapping[ts_field] = ts_value
         payload.append((key, mapping))

@@ -60,6 +60,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FP_SMTP_STARTTLS", "false", "`true` to upgrade the SMTP connection with STARTTLS."),
     Setting("FP_SMTP_USER", "", "SMTP login, when the server requires one."),
     Setting("FP_SMTP_PASSWORD", "", "SMTP password.", secret=True),
+    Setting("FP_FEATURE_SERVER_URL", "http://127.0.0.1:6566", "Feast feature server the inference API reads online features from (read-only; `make serve` starts one locally)."),
+    Setting("FP_FEATURE_SERVER_METRICS_PORT", "6567", "Port of the feature server's Prometheus metrics."),
+    Setting("FP_API_PORT", "8000", "Port of the inference API (`python -m serving api`)."),
+    Setting("FP_API_TOKEN", "", "Bearer token the inference API requires; locally generated into $FP_LOCAL_DIR/api-token when unset.", secret=True),
+    Setting("FP_API_REFRESH_SECONDS", "30", "How often the inference API looks for a newly promoted model and a newly served extraction."),
     Setting("FP_RUNNER", "local", "Where heavy steps run: `local` (subprocess) or `kubernetes` (KubernetesPodOperator)."),
     Setting("FP_WORKER_IMAGE", "ghcr.io/hr-feature-platform/worker:0.1.0", "Image of the worker pods (feast materialization, training)."),
     Setting("FP_K8S_NAMESPACE", "feature-platform", "Namespace the worker pods run in."),
@@ -91,6 +96,11 @@ class Settings:
     registry_url: str
     feast_project: str
     materialize_batch_size: int
+    feature_server_url: str
+    feature_server_metrics_port: int
+    api_port: int
+    api_token: str | None
+    api_refresh_seconds: float
     runner: str
     worker_image: str
     k8s_namespace: str
@@ -184,6 +194,20 @@ def load() -> Settings:
         raise SystemExit(
             f"FP_MATERIALIZE_BATCH_SIZE must be a positive integer, got {raw('FP_MATERIALIZE_BATCH_SIZE')!r}"
         ) from None
+    ports = {}
+    for env in ("FP_FEATURE_SERVER_METRICS_PORT", "FP_API_PORT"):
+        try:
+            ports[env] = int(raw(env))
+            if not 0 < ports[env] < 65536:
+                raise ValueError
+        except ValueError:
+            raise SystemExit(f"{env} must be a TCP port number, got {raw(env)!r}") from None
+    try:
+        refresh = float(raw("FP_API_REFRESH_SECONDS"))
+        if refresh <= 0:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"FP_API_REFRESH_SECONDS must be a positive number, got {raw('FP_API_REFRESH_SECONDS')!r}") from None
     runner = raw("FP_RUNNER").strip().lower()
     if runner not in {"local", "kubernetes"}:
         raise SystemExit(f"FP_RUNNER must be 'local' or 'kubernetes', got {runner!r}")
@@ -202,6 +226,11 @@ def load() -> Settings:
         registry_url=registry,
         feast_project=raw("FP_FEAST_PROJECT"),
         materialize_batch_size=batch_size,
+        feature_server_url=raw("FP_FEATURE_SERVER_URL").rstrip("/"),
+        feature_server_metrics_port=ports["FP_FEATURE_SERVER_METRICS_PORT"],
+        api_port=ports["FP_API_PORT"],
+        api_token=raw("FP_API_TOKEN") or None,
+        api_refresh_seconds=refresh,
         runner=runner,
         worker_image=raw("FP_WORKER_IMAGE"),
         k8s_namespace=raw("FP_K8S_NAMESPACE"),
@@ -217,16 +246,24 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+_SECRET_FIELDS = {"aws_secret_access_key", "aws_access_key_id", "api_token"}
+_URL_FIELDS = {"redis_url", "registry_url"}
+
+
 def _mask(name: str, value: object) -> str:
+    """Secrets print as ***; URLs keep scheme, host, port and path, never credentials or a query."""
     text = "" if value is None else str(value)
     if not text:
         return text
-    if name in {"aws_secret_access_key", "aws_access_key_id"}:
-        return text[:3] + "***"
-    if name in {"redis_url", "registry_url"}:
+    if name in _SECRET_FIELDS:
+        return "***"
+    if name in _URL_FIELDS:
         parsed = urlparse(text)
-        if parsed.password:
-            return text.replace(parsed.password, "***")
+        if not parsed.netloc and not parsed.query:
+            return text  # a file path (SQLite) carries no credentials
+        host = parsed.hostname or ""
+        netloc = ("***@" if parsed.username or parsed.password else "") + host + (f":{parsed.port}" if parsed.port else "")
+        return parsed._replace(netloc=netloc, query="***" if parsed.query else "", fragment="").geturl()
     return text
 
 

@@ -6,12 +6,14 @@
   top-level key, say) is caught;
 * every manifest validates with kubernetes-validate in strict mode at TARGET_KUBERNETES_VERSION;
 * policy: no literal secrets, pinned image tags, CPU and memory requests and limits, Redis
-  maxmemory below its container's memory limit, non-root and no privilege escalation.
+  maxmemory below its container's memory limit, non-root and no privilege escalation, for the
+  charts' values and for our own Deployments alike;
+* serving: the feature server's Deployment runs serving.feature_server.FLAGS, the flags `make
+  serve` runs locally, and every Deployment has a PodDisruptionBudget and an autoscaler.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
@@ -34,7 +36,6 @@ RELEASES = {
     "redis": ("bitnami-redis", ["redis.yaml"]),
     "redis-prod": ("bitnami-redis", ["redis.yaml", "redis-prod.yaml"]),
     "feast-registry-db": ("bitnami-postgresql", ["postgresql.yaml"]),
-    "feast-feature-server": ("feast-feature-server", ["feast-feature-server.yaml"]),
 }
 
 # Maps whose keys are the user's to choose (the chart's default is an empty or example map).
@@ -52,13 +53,11 @@ RESOURCE_PATHS = {
     "redis": ["master", "metrics"],
     "redis-prod": ["master", "replica", "sentinel", "metrics"],
     "feast-registry-db": ["primary", "metrics"],
-    "feast-feature-server": [""],
 }
 IMAGE_PATHS = {
     "redis": ["image", "metrics.image"],
     "redis-prod": ["image", "metrics.image", "sentinel.image"],
     "feast-registry-db": ["image", "metrics.image"],
-    "feast-feature-server": ["image"],
 }
 
 
@@ -106,7 +105,7 @@ def schema_problems(release: str, merged: dict) -> list[Problem]:
     chart, _ = RELEASES[release]
     schema_path = CHART_DATA / chart / "values.schema.json"
     if not schema_path.exists():
-        return []  # the feast chart publishes no schema; the unknown-key check still applies
+        return []
     schema = json.loads(schema_path.read_text())
     validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)(schema)
     return [Problem(f"{release}: {'.'.join(str(p) for p in e.absolute_path) or '(top)'}", e.message)
@@ -212,16 +211,6 @@ def policy_problems(release: str, merged: dict) -> list[Problem]:
             context = _get(merged, f"{role}.containerSecurityContext") or {}
             if not context.get("runAsNonRoot") or context.get("allowPrivilegeEscalation") is not False:
                 problems.append(Problem(f"{release}: {role}.containerSecurityContext", "non-root, no privilege escalation"))
-    if release == "feast-feature-server":
-        encoded = merged.get("feature_store_yaml_base64") or ""
-        if base64.b64decode(encoded).decode() != (ROOT / "features" / "feature_store.yaml").read_text():
-            problems.append(Problem("feast-feature-server: feature_store_yaml_base64",
-                                    "differs from features/feature_store.yaml (base64 -w0 features/feature_store.yaml)"))
-        args = merged.get("commandArgs") or []
-        if "--no-access-log" not in args or "--max-requests" not in args or args[args.index("--max-requests") + 1] != "0":
-            problems.append(Problem("feast-feature-server: commandArgs", "serve with --no-access-log and --max-requests 0"))
-        if not (merged.get("securityContext") or {}).get("readOnlyRootFilesystem"):
-            problems.append(Problem("feast-feature-server: securityContext", "read-only root filesystem"))
     return problems
 
 
@@ -263,10 +252,64 @@ def check_manifest(name: str, doc: dict) -> list[Problem]:
     return problems
 
 
+def _pinned(image: str) -> bool:
+    return "@sha256:" in image or (":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"))
+
+
+def workload_problems(name: str, doc: dict) -> list[Problem]:
+    """Our own Deployments meet the same bar as the charts' values."""
+    if doc.get("kind") != "Deployment":
+        return []
+    problems = []
+    pod = doc["spec"]["template"]["spec"]
+    if not (pod.get("securityContext") or {}).get("runAsNonRoot"):
+        problems.append(Problem(f"{name}: securityContext.runAsNonRoot", "must be true"))
+    for container in pod.get("containers", []):
+        where = f"{name}: {container.get('name')}"
+        if not _pinned(str(container.get("image", ""))):
+            problems.append(Problem(f"{where}.image", f"image must be pinned (got {container.get('image')!r})"))
+        resources = container.get("resources") or {}
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if not (resources.get(kind) or {}).get(resource):
+                    problems.append(Problem(f"{where}.resources.{kind}.{resource}", "missing"))
+        context = container.get("securityContext") or {}
+        if context.get("allowPrivilegeEscalation") is not False or not context.get("readOnlyRootFilesystem") \
+                or "ALL" not in (context.get("capabilities") or {}).get("drop", []):
+            problems.append(Problem(f"{where}.securityContext",
+                                    "no privilege escalation, read-only root filesystem, drop ALL capabilities"))
+    return problems
+
+
+def serving_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    from serving.feature_server import FLAGS
+
+    problems = []
+    by_kind: dict[str, dict[str, dict]] = {}
+    for _, doc in documents:
+        by_kind.setdefault(doc.get("kind"), {})[doc["metadata"]["name"]] = doc
+    deployments = by_kind.get("Deployment", {})
+    server = deployments.get("feature-server")
+    if server is None:
+        return [Problem("deploy/k8s", "no feature-server Deployment")]
+    args = server["spec"]["template"]["spec"]["containers"][0].get("args", [])
+    expected = FLAGS.argv()
+    if args[:2] != ["serving", "feature-server"] or args[-len(expected):] != expected:
+        problems.append(Problem("feature-server Deployment: args",
+                                f"must run `serving feature-server ... {' '.join(expected)}` (serving.feature_server.FLAGS), "
+                                f"got {' '.join(args)}"))
+    for deployment in deployments:
+        for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
+            if deployment not in by_kind.get(kind, {}):
+                problems.append(Problem(f"Deployment {deployment}", f"has no {kind}"))
+    return problems
+
+
 def check_all() -> list[Problem]:
     problems = []
     for release in RELEASES:
         problems += check_release(release)
-    for name, doc in manifests():
-        problems += check_manifest(name, doc)
-    return problems
+    documents = manifests()
+    for name, doc in documents:
+        problems += check_manifest(name, doc) + workload_problems(name, doc)
+    return problems + serving_problems(documents)

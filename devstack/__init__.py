@@ -231,29 +231,70 @@ def up_registry(settings: Settings) -> ServiceStatus:
     return ServiceStatus("registry", shown, True, False, "database reachable")
 
 
+# --- Serving: the read-only feature server and the inference API ---------------------------------
+
+def _http_ok(url: str) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200, f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def _up_http_service(settings: Settings, name: str, argv: list[str], health_url: str, timeout: float) -> ServiceStatus:
+    ok, _ = _http_ok(health_url)
+    if not ok:
+        if _running_pid(settings, name) is not None:
+            _stop(settings, name)  # ours, but not answering: start it again
+        _spawn(settings, name, [sys.executable, "-m", "serving", *argv], cwd=settings.local_dir)
+        _wait(lambda: _http_ok(health_url), f"{name} at {health_url}", timeout, _log_file(settings, name))
+    managed = _running_pid(settings, name) is not None
+    return ServiceStatus(name, health_url.rsplit("/", 1)[0], True, managed,
+                         "started by the stack" if managed else "already running")
+
+
+def up_serving(settings: Settings) -> list[ServiceStatus]:
+    """The feature server on FP_FEATURE_SERVER_URL and the inference API on FP_API_PORT (127.0.0.1)."""
+    port = urlparse(settings.feature_server_url).port or 6566
+    feature_server = _up_http_service(settings, "feature-server", ["feature-server", "--port", str(port)],
+                                      f"{settings.feature_server_url}/health", 90)
+    api = _up_http_service(settings, "api", ["api", "--port", str(settings.api_port)],
+                           f"http://127.0.0.1:{settings.api_port}/healthz", 90)
+    return [feature_server, api]
+
+
 def up(settings: Settings) -> tuple[Settings, list[ServiceStatus]]:
     settings.local_dir.mkdir(parents=True, exist_ok=True)
     settings, s3_status = up_s3(settings)
     return settings, [s3_status, up_redis(settings), up_registry(settings)]
 
 
+def _stop(settings: Settings, name: str) -> int | None:
+    pid = _running_pid(settings, name)
+    if pid is None:
+        return None
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    _pid_file(settings, name).unlink(missing_ok=True)
+    return pid
+
+
 def down(settings: Settings) -> list[str]:
-    """Stop what the stack started; data under FP_LOCAL_DIR stays for the next `up`."""
+    """Stop what the stack started (serving first); data under FP_LOCAL_DIR stays for the next `up`."""
     stopped = []
-    for name in ("s3", "redis"):
-        pid = _running_pid(settings, name)
-        if pid is None:
-            continue
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        _pid_file(settings, name).unlink(missing_ok=True)
-        stopped.append(f"{name} (pid {pid})")
+    for name in ("api", "feature-server", "s3", "redis"):
+        pid = _stop(settings, name)
+        if pid is not None:
+            stopped.append(f"{name} (pid {pid})")
     return stopped

@@ -145,7 +145,3 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
     )
     log.info("ingest %s as of %s: %d rows -> %s", file_name, as_of, table.num_rows, features_uri)
     return result
-
-
-def read_partition(settings: Settings, as_of: date) -> pa.Table:
-    return pq.read_table(io.BytesIO(s3.get_bytes(settings, partition_key(settings, as_of))))

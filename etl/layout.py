@@ -5,19 +5,26 @@
     <features prefix>/extraction_date=D/part-0.parquet             published features (what Feast reads)
     <quarantine prefix>/<suite>/extraction_date=D/<run id>/        rejected batches with reason.json
     validation-reports/<suite>/extraction_date=D/<run id>/         Data Docs of every validation
+    online/<feast project>/served.json                             the extraction Redis serves (written last)
+    models/attrition/<version>/, models/attrition/latest.json      model artifacts, the promoted model
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from datetime import date
 
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from core import s3
 from core.settings import Settings
 
 PARTITION_FILE = "part-0.parquet"
+MODEL_PREFIX = "models/attrition"
+LATEST_MODEL_POINTER = f"{MODEL_PREFIX}/latest.json"
 
 
 def partition_prefix(settings: Settings, as_of: date) -> str:
@@ -51,3 +58,13 @@ def list_partitions(settings: Settings) -> list[date]:
         if part.startswith("extraction_date=") and key.endswith(PARTITION_FILE):
             dates.add(date.fromisoformat(part.split("=", 1)[1]))
     return sorted(dates)
+
+
+def read_partition(settings: Settings, as_of: date, columns: list[str] | None = None) -> pa.Table:
+    """One published features partition."""
+    return pq.read_table(io.BytesIO(s3.get_bytes(settings, partition_key(settings, as_of))), columns=columns)
+
+
+def served_state_key(settings: Settings) -> str:
+    """Which extraction the online store serves; materialization writes it after Redis is complete."""
+    return f"online/{settings.feast_project}/served.json"

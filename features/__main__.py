@@ -3,7 +3,7 @@
     python -m features apply
     python -m features materialize-incremental 2026-11-24T02:00:00+00:00 --refresh-extraction 2026-10-31
     python -m features materialize 2026-01-01 2026-11-24
-    python -m features online --employee-id 17 --employee-id 42
+    python -m features online --employee-id 17 42
     python -m features check [--model-features s3://.../model.json]
 
 The same argv runs on a laptop and in the worker pod; configuration comes from the environment.
@@ -18,6 +18,7 @@ from datetime import date, datetime, timezone
 
 from core import log as logsetup
 from core import settings as settings_mod
+from features import online
 from features import store as fs
 
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--model-features", default=None,
                      help="JSON with the model's ordered feature_refs (file or s3:// URI); "
                           "default: the latest model's, if one was published")
-    onl = sub.add_parser("online", help="print online feature vectors in the feature service's order")
-    onl.add_argument("--employee-id", type=int, action="append", required=True)
+    onl = sub.add_parser("online", help="print online feature vectors in the model's (else the service's) order; "
+                                        "exit 1 if any employee cannot be served")
+    onl.add_argument("--employee-id", type=int, nargs="+", action="extend", required=True, metavar="N")
     onl.add_argument("--service", default=fs.FEATURE_SERVICE)
     args = parser.parse_args(argv)
     logsetup.setup()
@@ -75,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "materialize":
         print(fs.materialize(store, settings, args.end, start=args.start).summary())
     elif args.command == "online":
-        names = [r.split(":", 1)[1] for r in fs.feature_refs(store, args.service)]
         try:
-            vectors = fs.online_vectors(store, args.employee_id, args.service)
-        except fs.ServingError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            refs = online.served_refs(store, settings, args.service)
+            vectors = online.online_vectors(store, settings, args.employee_id, refs=refs, service=args.service)
+        except online.ServingError as exc:
+            print(f"error ({exc.reason}): {exc}", file=sys.stderr)
             return 1
-        print(json.dumps({"feature_service": args.service, "features": names,
+        print(json.dumps({"feature_service": args.service, "features": online.names_of(refs),
                           "vectors": {str(k): v for k, v in vectors.items()}}, indent=2))
     return 0
 

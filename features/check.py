@@ -2,8 +2,9 @@
 
 Compares the repository's definitions with what the registry holds, and with the feature list
 stored with the current model. Removing or renaming a feature or a view, changing a feature's
-dtype, changing an entity (join key or type), a feature service losing a feature, or shrinking a
-TTL breaks consumers that exist today: each is reported by name. Additive changes pass.
+dtype, changing an entity (join key or type), a feature service losing a feature or changing the
+order of its features (a model receives them by position), or shrinking a TTL breaks consumers that
+exist today: each is reported by name. Additive changes pass.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView
 
 from core import s3
 from core.settings import Settings
+from etl.layout import LATEST_MODEL_POINTER
+from features.online import FEATURE_SERVICE
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ def _service_refs(service: FeatureService) -> list[str]:
     return [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
 
 
-def compare(store: FeatureStore, candidates: list, model_features: list[str] | None = None) -> list[Break]:
+def compare(store: FeatureStore, candidates: list, model_features: "ModelFeatures | None" = None) -> list[Break]:
     """Breaking differences between the registry's objects and ``candidates``."""
     breaks: list[Break] = []
     project = store.project
@@ -78,16 +81,35 @@ def compare(store: FeatureStore, candidates: list, model_features: list[str] | N
         lost = [r for r in _service_refs(old) if r not in _service_refs(new)]
         if lost:
             breaks.append(Break(f"feature service {old.name}", f"loses {', '.join(lost)}"))
+        kept_old = [r for r in _service_refs(old) if r in _service_refs(new)]
+        kept_new = [r for r in _service_refs(new) if r in _service_refs(old)]
+        if kept_old != kept_new:
+            breaks.append(Break(f"feature service {old.name}", f"reorders its features: {kept_old} -> {kept_new}"))
 
     if model_features:
         provided = {f"{v.name}:{f}": t for v in new_views.values() for f, t in _features(v).items()}
-        missing = [r for r in model_features if r not in provided]
+        missing = [r for r in model_features.refs if r not in provided]
         if missing:
             breaks.append(Break("current model", f"needs {', '.join(missing)}, no longer defined"))
+        service = new_services.get(model_features.service)
+        if service is None:
+            breaks.append(Break(f"feature service {model_features.service}", "removed, but the current model is served through it"))
+        elif _service_refs(service) != list(model_features.refs):
+            breaks.append(Break(f"feature service {model_features.service}",
+                                f"declares {_service_refs(service)}, but the current model takes {list(model_features.refs)} "
+                                "in that order"))
     return breaks
 
 
-def load_model_features(settings: Settings, location: str) -> list[str]:
+@dataclass(frozen=True)
+class ModelFeatures:
+    """What a model was trained on: its feature service and the ordered feature references."""
+
+    service: str
+    refs: tuple[str, ...]
+
+
+def load_model_features(settings: Settings, location: str) -> ModelFeatures:
     """The ordered feature references stored with a model (local JSON file or s3:// URI)."""
     if location.startswith("s3://"):
         bucket, key = s3.parse_uri(location)
@@ -96,10 +118,9 @@ def load_model_features(settings: Settings, location: str) -> list[str]:
         with open(location, "rb") as handle:
             data = handle.read()
     payload = json.loads(data)
-    return list(payload["feature_refs"] if isinstance(payload, dict) else payload)
-
-
-LATEST_MODEL_POINTER = "models/attrition/latest.json"
+    if isinstance(payload, dict):
+        return ModelFeatures(payload.get("feature_service", FEATURE_SERVICE), tuple(payload["feature_refs"]))
+    return ModelFeatures(FEATURE_SERVICE, tuple(payload))
 
 
 def latest_model_location(settings: Settings) -> str | None:

@@ -14,23 +14,17 @@ from urllib.parse import urlparse
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-import pyarrow.compute as pc
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from core.settings import Settings
 from etl import features as spec
-from etl.layout import features_dataset
+from features import online
+from features.online import FEATURE_SERVICE, FEATURE_VIEW
 
 log = logging.getLogger(__name__)
 
 REPO_PATH = Path(__file__).resolve().parent
-FEATURE_VIEW = "employee_features"
-FEATURE_SERVICE = "attrition_model_v1"
 
 
 def open_store(settings: Settings) -> FeatureStore:
@@ -54,17 +48,23 @@ def configure_offline_engine(settings: Settings) -> None:
     raw = connection.con
     extensions = Path(duckdb.__file__).resolve().parent.parent / "duckdb_ext" / "extensions"
     raw.execute("SET autoinstall_known_extensions = false")
-    raw.execute(f"SET extension_directory = '{extensions}'")
+    raw.execute(f"SET extension_directory = {_sql_string(str(extensions))}")
     raw.execute("LOAD httpfs")
-    options = [f"REGION '{settings.s3_region}'"]
+    options = [f"REGION {_sql_string(settings.s3_region)}"]
     if settings.aws_access_key_id and settings.aws_secret_access_key:
-        options += [f"KEY_ID '{settings.aws_access_key_id}'", f"SECRET '{settings.aws_secret_access_key}'"]
+        options += [f"KEY_ID {_sql_string(settings.aws_access_key_id)}",
+                    f"SECRET {_sql_string(settings.aws_secret_access_key)}"]
     if settings.s3_endpoint_url:
         endpoint = urlparse(settings.s3_endpoint_url)
-        options += [f"ENDPOINT '{endpoint.netloc}'", "URL_STYLE 'path'",
+        options += [f"ENDPOINT {_sql_string(endpoint.netloc)}", "URL_STYLE 'path'",
                     f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
     raw.execute(f"CREATE OR REPLACE SECRET feature_platform_s3 (TYPE s3, {', '.join(options)})")
     ibis.set_backend(connection)
+
+
+def _sql_string(value: str) -> str:
+    """A DuckDB string literal (CREATE SECRET takes no bound parameters): quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _label(obj) -> str:
@@ -143,78 +143,31 @@ def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False
     return names
 
 
-def entities_to_retire(settings: Settings, up_to: datetime) -> tuple[set[int], set[int]]:
-    """(active ids, ids not to be served) as of the latest extraction at or before ``up_to``.
-
-    An employee stops being served once their latest row says they left, or once they are absent
-    from the latest extraction (they left in a batch that was never ingested).
-    """
-    dataset = features_dataset(settings)
-    table = dataset.to_table(columns=[spec.ENTITY_KEY, spec.TIMESTAMP, spec.ACTIVE],
-                             filter=pc.field(spec.TIMESTAMP) <= up_to)
-    if table.num_rows == 0:
-        return set(), set()
-    latest_extraction = pc.max(table[spec.TIMESTAMP])
-    in_latest = table.filter(pc.equal(table[spec.TIMESTAMP], latest_extraction))
-    active = set(in_latest.filter(in_latest[spec.ACTIVE])[spec.ENTITY_KEY].to_pylist())
-    everyone = set(pc.unique(table[spec.ENTITY_KEY]).to_pylist())
-    return active, everyone - active
-
-
 def _online_client(store: FeatureStore):
     return store._get_provider().online_store._get_client(store.config.online_store)
 
 
-def _online_key(store: FeatureStore, employee_id: int) -> bytes:
-    """An employee's Redis key, exactly as Feast's redis online store builds it."""
-    key = EntityKeyProto(join_keys=[spec.ENTITY_KEY], entity_values=[ValueProto(int64_val=employee_id)])
-    return _redis_key(store.config.project, key, store.config.entity_key_serialization_version)
-
-
-def retire(store: FeatureStore, employee_ids: set[int]) -> int:
+def retire(store: FeatureStore, employee_ids) -> int:
     """Remove these employees' `employee_features` values from Redis, in Feast's own key layout."""
-    if not employee_ids:
+    ids = sorted(int(i) for i in employee_ids)
+    if not ids:
         return 0
     view = store.get_feature_view(FEATURE_VIEW)
-    fields = [_mmh3(f"{view.name}:{f.name}") for f in view.features] + [f"_ts:{view.name}".encode()]
+    fields = online.feature_fields(view.name, [f.name for f in view.features])
     client = _online_client(store)
     removed = 0
-    ids = sorted(employee_ids)
     for start in range(0, len(ids), 5000):
         with client.pipeline(transaction=False) as pipe:
             for employee_id in ids[start:start + 5000]:
-                pipe.hdel(_online_key(store, employee_id), *fields)
+                pipe.hdel(online.redis_key(store.project, employee_id), *fields)
             removed += sum(1 for n in pipe.execute() if n)
     return removed
 
 
-def clear_same_timestamp(store: FeatureStore, settings: Settings, start: datetime, end: datetime) -> int:
-    """Make room for corrected rows of an already-materialized window.
-
-    Feast writes a row to Redis only if its event time is newer than the stored one, so a corrected
-    export (same extraction date, same event time) would never replace the served values. For each
-    entity in the window whose online value carries exactly the window row's event time, the online
-    value is removed so that the materialization that follows writes the corrected one; values from
-    a newer extraction are left alone, so a backfill never puts older data over newer.
-    """
-    dataset = features_dataset(settings)
-    rows = dataset.to_table(columns=[spec.ENTITY_KEY, spec.TIMESTAMP],
-                            filter=(pc.field(spec.TIMESTAMP) >= start) & (pc.field(spec.TIMESTAMP) < end))
-    if rows.num_rows == 0:
-        return 0
-    view_ts_field = f"_ts:{FEATURE_VIEW}".encode()
-    client = _online_client(store)
-    ids = rows[spec.ENTITY_KEY].to_pylist()
-    stamps = [Timestamp(seconds=int(t.timestamp())) for t in rows[spec.TIMESTAMP].to_pylist()]
-    keys = [_online_key(store, i) for i in ids]
-    with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hget(key, view_ts_field)
-        stored = pipe.execute()
-    same = [i for i, (raw, stamp) in enumerate(zip(stored, stamps)) if raw and Timestamp.FromString(raw) == stamp]
-    if same:
-        retire(store, {ids[i] for i in same})
-    return len(same)
+def _materialized_until(store: FeatureStore) -> datetime | None:
+    view = store.get_feature_view(FEATURE_VIEW, allow_registry_cache=False)
+    ends = [end for _, end in view.materialization_intervals]
+    return max(ends) if ends else None
 
 
 @dataclass(frozen=True)
@@ -224,21 +177,26 @@ class MaterializeResult:
     seconds: float
     active: int
     retired: int
+    served_extraction: str | None
 
     def summary(self) -> str:
         return (f"materialized {FEATURE_VIEW} ({self.mode}) up to {self.end} in {self.seconds:.1f}s; "
-                f"{self.active} active employees served, {self.retired} leavers removed from the online store")
+                f"serving the extraction of {self.served_extraction}: {self.active} active employees, "
+                f"{self.retired} leavers removed from the online store")
 
 
 def materialize(store: FeatureStore, settings: Settings, end: datetime, start: datetime | None = None,
                 refresh: date | None = None) -> MaterializeResult:
     """Incremental (from the last watermark) when ``start`` is None, else the explicit window.
 
+    Nothing is deleted before it is rewritten: rows are written over the served ones (a corrected
+    extraction replaces its values in place, see features/online_store.py), and only once every
+    active employee is written are leavers removed. The served extraction is committed last
+    (features.online.commit_served), so readers judge freshness against what Redis really holds.
+
     ``refresh`` names an extraction date just (re)published: incremental windows are on event
     time, so a re-run or a correction of a date already behind the watermark would never reach
-    Redis; its one-day window is loaded explicitly too (correction-safe, see clear_same_timestamp).
-    Leavers are removed from Redis right after, in the same step, so they are never served
-    beyond the run that saw them leave.
+    Redis; its one-day window is loaded explicitly too.
     """
     started = time.perf_counter()
     if start is None:
@@ -246,52 +204,21 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
         mode = "incremental"
         if refresh is not None:
             day = spec.extraction_timestamp(refresh)
-            cleared = clear_same_timestamp(store, settings, day, day + timedelta(days=1))
             store.materialize(start_date=day, end_date=day + timedelta(days=1), feature_views=[FEATURE_VIEW])
-            mode += f", extraction {refresh} refreshed ({cleared} rows replaced)"
+            mode += f", extraction {refresh} refreshed in place"
     else:
-        cleared = clear_same_timestamp(store, settings, start, end)
         store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
-        mode = f"window from {start.isoformat()}, {cleared} corrected rows refreshed"
-    # Who is active is decided by the newest published extraction, whatever window was loaded.
-    active, leavers = entities_to_retire(settings, datetime.now(timezone.utc))
-    retired = retire(store, leavers)
-    result = MaterializeResult(mode, end.isoformat(), time.perf_counter() - started, len(active), retired)
+        mode = f"window from {start.isoformat()}, rows of the same event time replaced in place"
+    # Who is served is decided by the newest extraction Redis now holds, whatever window was loaded.
+    until = _materialized_until(store)
+    extraction = online.newest_extraction(settings, up_to=min(until, datetime.now(timezone.utc)) if until else None)
+    roster = online.read_roster(settings, extraction) if extraction else None
+    retired = 0
+    if roster is not None:
+        retired = retire(store, roster.left)
+        online.commit_served(settings, roster, retired)
+    result = MaterializeResult(mode, end.isoformat(), time.perf_counter() - started,
+                               len(roster.active) if roster is not None else 0, retired,
+                               roster.extraction.isoformat() if roster is not None else None)
     log.info(result.summary())
     return result
-
-
-class ServingError(RuntimeError):
-    """Online features are missing or do not match what the model expects."""
-
-
-def feature_refs(store: FeatureStore, service_name: str = FEATURE_SERVICE) -> list[str]:
-    """The service's features as `view:feature`, in the order the service declares them."""
-    service = store.get_feature_service(service_name)
-    return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
-
-
-def online_vectors(store: FeatureStore, employee_ids: list[int], service_name: str = FEATURE_SERVICE) -> dict[int, list]:
-    """Each employee's online feature vector in the service's declared order, assembled by name.
-
-    Never relies on the order of Feast's response; an employee with no online values is an error.
-    """
-    refs = feature_refs(store, service_name)
-    names = [r.split(":", 1)[1] for r in refs]
-    response = store.get_online_features(
-        features=store.get_feature_service(service_name),
-        entity_rows=[{spec.ENTITY_KEY: int(i)} for i in employee_ids],
-    ).to_dict()
-    vectors: dict[int, list] = {}
-    missing = []
-    for row, employee_id in enumerate(response[spec.ENTITY_KEY]):
-        vector = [response[name][row] for name in names]
-        if all(v is None for v in vector):
-            missing.append(employee_id)
-        vectors[employee_id] = vector
-    if missing:
-        raise ServingError(f"no online features for employee(s) {missing[:10]} "
-                           f"({len(missing)} of {len(employee_ids)}): not active, or not materialized yet")
-    return vectors
-
-

@@ -33,12 +33,12 @@ from botocore.exceptions import ClientError
 from core import s3
 from core.settings import Settings
 from etl import features as spec
-from etl.ingest import read_partition
 from etl.layout import list_partitions
+from features import online
 
 log = logging.getLogger(__name__)
 
-FEATURE_VIEW = "employee_features"
+FEATURE_VIEW = online.FEATURE_VIEW
 SCAN_COUNT = 5_000
 EVICTING_ALL_KEYS = {"allkeys-lru", "allkeys-lfu", "allkeys-random"}
 
@@ -111,15 +111,9 @@ def _connect(settings: Settings) -> redis.Redis:
     return client
 
 
-def _entity_prefix() -> bytes:
-    from feast.infra.key_encoding_utils import serialize_entity_key_prefix
-
-    return serialize_entity_key_prefix([spec.ENTITY_KEY], 3)
-
-
 def scan_entities(client: redis.Redis, project: str) -> dict[int, bytes]:
     """Every online entity of ``project`` (employee id -> Redis key), found with SCAN."""
-    prefix, suffix = _entity_prefix(), project.encode()
+    prefix, suffix = online.entity_key_prefix(), project.encode()
     pattern = redis_glob_escape(prefix) + b"*" + redis_glob_escape(suffix)
     found: dict[int, bytes] = {}
     for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
@@ -141,7 +135,7 @@ def redis_glob_escape(raw: bytes) -> bytes:
 def read_timestamps(client: redis.Redis, keys: list[bytes]) -> list[datetime | None]:
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    ts_field = f"_ts:{FEATURE_VIEW}".encode()
+    ts_field = online.timestamp_field()
     out: list[datetime | None] = []
     for start in range(0, len(keys), 10_000):
         with client.pipeline(transaction=False) as pipe:
@@ -203,19 +197,18 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
                           latest_extraction=None, allowed_staleness_seconds=allowed.total_seconds())
 
     # Coverage and freshness against the newest published extraction.
-    online = scan_entities(client, settings.feast_project)
-    report.entities_online = len(online)
+    served = scan_entities(client, settings.feast_project)
+    report.entities_online = len(served)
     dates = list_partitions(settings)
     active: set[int] = set()
     if dates:
         latest = dates[-1]
         report.latest_extraction = latest.isoformat()
-        table = read_partition(settings, latest)
-        active = set(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_pylist())
+        active = set(online.read_roster(settings, latest).active_ids())
         report.active_expected = len(active)
-        missing = active - online.keys()
+        missing = active - served.keys()
         report.active_missing = len(missing)
-        report.inactive_served = len(online.keys() - active)
+        report.inactive_served = len(served.keys() - active)
         if active and len(missing) > coverage_tolerance * len(active):
             report.problems.append(f"{len(missing)} of {len(active)} active employees have no online features "
                                    f"(e.g. {sorted(missing)[:5]}); tolerance {coverage_tolerance:.1%}")
@@ -224,11 +217,11 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     else:
         report.problems.append(f"no published features partition under s3://{settings.s3_bucket}/{settings.s3_features_prefix}")
 
-    ids = sorted(online)
+    ids = sorted(served)
     if sample is not None and sample < len(ids):
         step = len(ids) / sample
         ids = [ids[int(i * step)] for i in range(sample)]
-    stamps = read_timestamps(client, [online[i] for i in ids])
+    stamps = read_timestamps(client, [served[i] for i in ids])
     report.sampled = len(stamps)
     ages = [(now - s).total_seconds() for s in stamps if s is not None]
     if ages:

@@ -19,7 +19,7 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SECRET_NAME = "feature-platform-credentials"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, FP_REDIS_URL, FP_REGISTRY_URL
+SECRET_NAME = "feature-platform-credentials"  # keys: deploy/k8s/secrets.example.yaml
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,9 @@ def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):
         # A writable /tmp on a read-only root filesystem (Feast, pyarrow and botocore write temp files).
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi"))],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
-        labels={"app.kubernetes.io/part-of": "hr-feature-platform", "app.kubernetes.io/component": spec.task_id},
+        # name: selected by the worker NetworkPolicy; redis-client: admitted by the Redis chart's policy.
+        labels={"app.kubernetes.io/name": "feature-platform-worker", "app.kubernetes.io/part-of": "hr-feature-platform",
+                "app.kubernetes.io/component": spec.task_id, "redis-client": "true"},
         get_logs=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=600,

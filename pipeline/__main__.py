@@ -46,17 +46,16 @@ def demo(inbox: Path, employees: int, months: int, employee_id: int | None) -> i
         print(f"the nightly run did not succeed; task logs: {settings.local_dir / 'airflow' / 'logs'}", file=sys.stderr)
         return 1
 
-    from etl.ingest import read_partition
-    from etl.layout import list_partitions
+    from features import online
     from features import store as fs
 
     store = fs.open_store(settings)
-    partition = read_partition(settings, list_partitions(settings)[-1])
-    chosen = employee_id if employee_id is not None else partition.filter(partition["is_active"])["employee_id"][0].as_py()
-    vector = fs.online_vectors(store, [chosen])[chosen]
-    names = [r.split(":", 1)[1] for r in fs.feature_refs(store)]
-    print(f"[4/4] online feature vector of employee {chosen} ({fs.FEATURE_SERVICE}, in declared order):")
-    print(json.dumps(dict(zip(names, vector)), indent=2))
+    roster = online.served_roster(settings)
+    chosen = employee_id if employee_id is not None else roster.active_ids()[0]
+    refs = online.served_refs(store, settings)
+    vector = online.online_vectors(store, settings, [chosen], refs=refs, roster=roster)[chosen]
+    print(f"[4/4] online feature vector of employee {chosen} ({online.FEATURE_SERVICE}, in the model's order):")
+    print(json.dumps(dict(zip(online.names_of(refs), vector)), indent=2))
     print(f"done in {time.perf_counter() - started:.1f}s")
     return 0
 

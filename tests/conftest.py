@@ -7,12 +7,14 @@ removes its Redis keys at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -46,6 +48,59 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dedicated_valkey(folder: Path, *args: str):
+    """A valkey-server of the test's own on a free port (for eviction, write failures), stopped after."""
+    port = free_port()
+    proc = subprocess.Popen([devstack.valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(folder), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    try:
+        yield port, client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+class Loop:
+    """Calls ``step`` in a thread until stopped, counting calls and keeping every failure."""
+
+    def __init__(self, step):
+        import threading
+
+        self.step, self.calls, self.failures = step, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - every failure is the finding
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.calls += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(60)
 
 
 @pytest.fixture(scope="session")

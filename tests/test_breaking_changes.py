@@ -49,6 +49,9 @@ CASES = {
     "service loses a feature": (lambda e, v, s: setattr(s.feature_view_projections[0], "features",
                                                          s.feature_view_projections[0].features[:-1]),
                                 "feature service attrition_model_v1: loses employee_features:overall_satisfaction"),
+    "service reorders its features": (lambda e, v, s: setattr(s.feature_view_projections[0], "features",
+                                                               list(reversed(s.feature_view_projections[0].features))),
+                                      "feature service attrition_model_v1: reorders its features"),
 }
 
 
@@ -75,7 +78,23 @@ def test_model_feature_list_is_checked(registry, tmp_path):
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"feature_refs": ["employee_features:tenure", "employee_features:bonus"]}))
     breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
-    assert breaks == ["current model: needs employee_features:bonus, no longer defined"]
+    assert "current model: needs employee_features:bonus, no longer defined" in breaks
+
+
+def test_a_service_order_other_than_the_models_breaks(registry, tmp_path):
+    """The registry's service may keep its order while the model was trained on another: CI must stop it."""
+    settings, store = registry
+    refs = [f"employee_features:{n}" for n in ("tenure", "salary_band", "overtime", "promotion_stagnation",
+                                                 "career_velocity", "overall_satisfaction")]
+    model = tmp_path / "features.json"
+    model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": refs}))
+    assert check.compare(store, _candidates(settings), check.load_model_features(settings, str(model))) == []
+    model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": [refs[1], refs[0], *refs[2:]]}))
+    breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
+    assert len(breaks) == 1 and breaks[0].startswith("feature service attrition_model_v1: declares"), breaks
+    env = {"FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    proc = run_cli("features", "check", "--model-features", str(model), env=env)
+    assert proc.returncode == 1 and "BREAKING feature service attrition_model_v1: declares" in proc.stdout
 
 
 def test_cli_exit_status(registry, tmp_path):

@@ -56,8 +56,6 @@ PLANTED = {
                        r"master\.containerSecurityContext"),
     "default admin user": ("airflow", lambda v: v["createUserJob"].__setitem__("enabled", True),
                            r"createUserJob\.enabled"),
-    "feature store yaml drift": ("feast-feature-server", lambda v: v.__setitem__("feature_store_yaml_base64", "cHJvamVjdDogeA=="),
-                                 r"differs from features/feature_store.yaml"),
 }
 
 
@@ -77,6 +75,48 @@ def test_a_manifest_typo_and_a_literal_secret_are_caught():
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "y"},
               "stringData": {"FP_REDIS_URL": "redis://:pw@redis:6379/0"}}
     assert any("literal secret value" in str(p) for p in check.check_manifest("secret", secret))
+
+
+def _serving_documents():
+    import copy
+
+    return [(n, copy.deepcopy(d)) for n, d in check.manifests() if n.startswith("serving.yaml")]
+
+
+def _deployment(documents, name):
+    return next(d for _, d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+
+
+def test_serving_manifests_pass_and_run_the_local_flags():
+    documents = _serving_documents()
+    assert check.serving_problems(documents) == []
+    kinds = {(d["kind"], d["metadata"]["name"]) for _, d in documents}
+    for name in ("feature-server", "attrition-api"):
+        assert {("Deployment", name), ("Service", name), ("PodDisruptionBudget", name),
+                ("HorizontalPodAutoscaler", name), ("NetworkPolicy", name)} <= kinds
+
+
+SERVING_PLANTED = {
+    "feature server flags drift": (lambda docs: _deployment(docs, "feature-server")["spec"]["template"]["spec"]
+                                   ["containers"][0]["args"].__setitem__(-1, "600"), r"serving\.feature_server\.FLAGS"),
+    "no autoscaler": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "HorizontalPodAutoscaler")),
+                      r"has no HorizontalPodAutoscaler"),
+    "unpinned image": (lambda docs: _deployment(docs, "attrition-api")["spec"]["template"]["spec"]["containers"][0]
+                       .__setitem__("image", "ghcr.io/hr-feature-platform/worker:latest"), r"image must be pinned"),
+    "no memory limit": (lambda docs: _deployment(docs, "attrition-api")["spec"]["template"]["spec"]["containers"][0]
+                        ["resources"]["limits"].pop("memory"), r"resources\.limits\.memory: missing"),
+    "writable root filesystem": (lambda docs: _deployment(docs, "feature-server")["spec"]["template"]["spec"]["containers"][0]
+                                 ["securityContext"].__setitem__("readOnlyRootFilesystem", False), r"read-only root"),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVING_PLANTED))
+def test_planted_serving_mistakes_are_caught(case):
+    documents = _serving_documents()
+    mutate, expected = SERVING_PLANTED[case]
+    mutate(documents)
+    problems = check.serving_problems(documents) + [p for n, d in documents for p in check.workload_problems(n, d)]
+    assert re.search(expected, "\n".join(map(str, problems))), problems
 
 
 def test_redis_policy_suits_feast_keys():

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
+from etl import layout
 from etl.layout import partition_key, partition_prefix, raw_key
 from etl.generate import export_name
 
@@ -30,7 +31,7 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     raw = raw_key(stack, as_of, data, exports[-1].name)
     assert raw in s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
     assert s3.get_bytes(stack, raw) == data, "raw export kept byte for byte, under its content address"
-    table = ing.read_partition(stack, as_of)
+    table = layout.read_partition(stack, as_of)
     assert table.num_rows == sum(1 for _ in exports[-1].open()) - 1
 
 
@@ -40,7 +41,7 @@ def test_rerun_replaces_never_duplicates(stack, exports):
     second = ing.ingest(stack, str(exports[-2]), as_of)
     assert second.raw_already_kept, "the second run finds the raw export already kept"
     assert s3.list_keys(stack, partition_prefix(stack, as_of)) == [partition_key(stack, as_of)]
-    table = ing.read_partition(stack, as_of)
+    table = layout.read_partition(stack, as_of)
     assert table.num_rows == first.rows_out == second.rows_out
     assert table["employee_id"].to_pylist() == sorted(set(table["employee_id"].to_pylist()))
 
@@ -56,7 +57,7 @@ def test_corrected_export_sits_beside_the_original(stack, exports, tmp_path):
     raw_keys = s3.list_keys(stack, f"{stack.s3_raw_prefix}/extraction_date={as_of}/")
     assert len(raw_keys) == 2
     assert original in {s3.get_bytes(stack, k) for k in raw_keys}, "the original raw export is untouched"
-    assert ing.read_partition(stack, as_of).num_rows == len(lines) - 1 - 5, "the partition now holds the correction"
+    assert layout.read_partition(stack, as_of).num_rows == len(lines) - 1 - 5, "the partition now holds the correction"
 
 
 def test_objects_request_server_side_encryption(stack, exports):
@@ -95,7 +96,7 @@ def test_killed_writer_leaves_previous_partition_readable(stack, exports):
     as_of = date(2026, 10, 31)
     ing.ingest(stack, str(exports[-1]), as_of)
     key = partition_key(stack, as_of)
-    before = ing.read_partition(stack, as_of)
+    before = layout.read_partition(stack, as_of)
     client = s3.client(stack)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, key], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -113,7 +114,7 @@ def test_killed_writer_leaves_previous_partition_readable(stack, exports):
     finally:
         if writer.poll() is None:
             writer.kill()
-    after = ing.read_partition(stack, as_of)
+    after = layout.read_partition(stack, as_of)
     assert after.equals(before), "the partition readers see is the previous one, intact"
     for upload in client.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=key).get("Uploads", []):
         client.abort_multipart_upload(Bucket=stack.s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"])

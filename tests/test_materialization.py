@@ -10,7 +10,9 @@ import pytest
 from conftest import ingest_exports, isolated
 from etl import features as spec
 from etl import ingest as ing
+from etl import layout
 from features import definitions
+from features import online
 from features import store as fs
 
 pytestmark = pytest.mark.integration
@@ -28,8 +30,8 @@ def loaded(stack, exports, tmp_path):
     return settings, store
 
 
-def online(store, ids):
-    return fs.online_vectors(store, ids)
+def vectors(settings, store, ids):
+    return online.online_vectors(store, settings, ids)
 
 
 def test_apply_only_when_changed_and_watermarks_survive(loaded, monkeypatch):
@@ -47,9 +49,9 @@ def test_apply_only_when_changed_and_watermarks_survive(loaded, monkeypatch):
 
 def _correct_one_employee(settings, store, exports, tmp_path):
     """Re-send the latest export with one employee's satisfaction changed; return (id, before, expected)."""
-    table = ing.read_partition(settings, LATEST)
+    table = layout.read_partition(settings, LATEST)
     employee = next(r for r in table.to_pylist() if r["is_active"])["employee_id"]
-    before = online(store, [employee])[employee]
+    before = vectors(settings, store, [employee])[employee]
 
     # The HR system re-sends the latest export with this employee's satisfaction corrected.
     original = exports[-1].read_text().splitlines()
@@ -62,7 +64,7 @@ def _correct_one_employee(settings, store, exports, tmp_path):
     corrected = tmp_path / exports[-1].name
     corrected.write_text("\n".join([original[0], *(",".join(r) for r in rows)]) + "\n")
     ing.ingest(settings, str(corrected), LATEST, validate=False)
-    expected = next(r for r in ing.read_partition(settings, LATEST).to_pylist() if r["employee_id"] == employee)
+    expected = next(r for r in layout.read_partition(settings, LATEST).to_pylist() if r["employee_id"] == employee)
     assert expected["overall_satisfaction"] != before[spec.FEATURE_NAMES.index("overall_satisfaction")]
     return employee, before, [expected[n] for n in spec.FEATURE_NAMES]
 
@@ -74,13 +76,13 @@ def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, e
     # Measured: the corrected row lands in an already-materialized event-time window, so the
     # incremental path never loads it.
     fs.materialize(store, settings, datetime.now(timezone.utc))
-    assert online(store, [employee])[employee] == before
+    assert vectors(settings, store, [employee])[employee] == before
 
     # The explicit window does.
     result = fs.materialize(store, settings, datetime.combine(LATEST + timedelta(days=1), datetime.min.time(), timezone.utc),
                             start=datetime.combine(LATEST, datetime.min.time(), timezone.utc))
-    assert "corrected rows refreshed" in result.mode
-    assert online(store, [employee])[employee] == expected
+    assert "replaced in place" in result.mode
+    assert vectors(settings, store, [employee])[employee] == expected
 
 
 def test_nightly_rerun_of_a_loaded_date_refreshes_it(loaded, exports, tmp_path):
@@ -88,20 +90,20 @@ def test_nightly_rerun_of_a_loaded_date_refreshes_it(loaded, exports, tmp_path):
     settings, store = loaded
     employee, before, expected = _correct_one_employee(settings, store, exports, tmp_path)
     result = fs.materialize(store, settings, datetime.now(timezone.utc), refresh=LATEST)
-    assert f"extraction {LATEST} refreshed (" in result.mode
-    assert online(store, [employee])[employee] == expected
+    assert f"extraction {LATEST} refreshed in place" in result.mode
+    assert vectors(settings, store, [employee])[employee] == expected
 
 
 def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
     settings, store = loaded
-    latest = {r["employee_id"]: r for r in ing.read_partition(settings, LATEST).to_pylist() if r["is_active"]}
-    previous = {r["employee_id"]: r for r in ing.read_partition(settings, PREVIOUS).to_pylist()}
+    latest = {r["employee_id"]: r for r in layout.read_partition(settings, LATEST).to_pylist() if r["is_active"]}
+    previous = {r["employee_id"]: r for r in layout.read_partition(settings, PREVIOUS).to_pylist()}
     changed = [i for i in latest if i in previous and
                [previous[i][n] for n in spec.FEATURE_NAMES] != [latest[i][n] for n in spec.FEATURE_NAMES]]
     assert changed, "some employees' features changed between the two months"
     sample = changed[:20]
     start = datetime.combine(PREVIOUS, datetime.min.time(), timezone.utc)
     fs.materialize(store, settings, start + timedelta(days=1), start=start)
-    vectors = online(store, sample)
+    served = vectors(settings, store, sample)
     for employee in sample:
-        assert vectors[employee] == [latest[employee][n] for n in spec.FEATURE_NAMES], employee
+        assert served[employee] == [latest[employee][n] for n in spec.FEATURE_NAMES], employee

@@ -4,16 +4,13 @@ valkey-server started on a free port with a small maxmemory and an evicting poli
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 
-import devstack
-from conftest import free_port, ingest_exports, isolated, run_cli
+from conftest import dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from features import store as fs
 from monitoring import health
 
@@ -87,22 +84,8 @@ def test_deleted_keys_fail_coverage_naming_how_many(materialized):
 
 @pytest.fixture
 def evicting_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([devstack.valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--maxmemory", "3mb",
-                             "--maxmemory-policy", "allkeys-lru", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
-    yield port, client
-    proc.terminate()
-    proc.wait(10)
+    with dedicated_valkey(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru") as server:
+        yield server
 
 
 def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting_server):

@@ -16,6 +16,8 @@ import pytest
 from conftest import run_cli
 from etl import features as spec
 from etl import ingest as ing
+from etl import layout
+from features import online
 from features import store as fs
 
 pytestmark = pytest.mark.integration
@@ -43,20 +45,21 @@ def test_online_vector_equals_the_row_written(slice_settings, exports):
     assert settings.registry_url.split(":")[0] in str(store.config.registry.path)
 
     result = fs.materialize(store, settings, datetime.now(timezone.utc))
-    written = ing.read_partition(settings, as_of).to_pylist()
+    written = layout.read_partition(settings, as_of).to_pylist()
     active = [r for r in written if r["is_active"]]
     leavers = [r for r in written if not r["is_active"]]
     assert result.active == len(active) and leavers
 
     sample = active[:25]
-    vectors = fs.online_vectors(store, [r["employee_id"] for r in sample])
+    vectors = online.online_vectors(store, settings, [r["employee_id"] for r in sample])
     for row in sample:
         assert vectors[row["employee_id"]] == [row[name] for name in spec.FEATURE_NAMES], row["employee_id"]
 
-    assert fs.feature_refs(store) == [f"employee_features:{name}" for name in spec.FEATURE_NAMES]
+    assert online.service_feature_refs(store) == [f"employee_features:{name}" for name in spec.FEATURE_NAMES]
 
-    with pytest.raises(fs.ServingError, match=str(leavers[0]["employee_id"])):
-        fs.online_vectors(store, [leavers[0]["employee_id"]])
+    with pytest.raises(online.ServingError, match=f"employee {leavers[0]['employee_id']}: left") as refused:
+        online.online_vectors(store, settings, [leavers[0]["employee_id"]])
+    assert refused.value.reason == "left"
     response = store.get_online_features(features=["employee_features:tenure"],
                                          entity_rows=[{"employee_id": r["employee_id"]} for r in leavers]).to_dict()
     assert response["tenure"] == [None] * len(leavers), "leavers are not served"
@@ -70,12 +73,12 @@ def test_cli_apply_materialize_online_through_subprocesses(stack, exports):
     assert applied.returncode == 0, applied.stderr
     materialized = run_cli("features", "materialize-incremental")
     assert materialized.returncode == 0, materialized.stderr
-    assert "active employees served" in materialized.stdout
-    row = next(r for r in ing.read_partition(stack, as_of).to_pylist() if r["is_active"])
+    assert f"serving the extraction of {as_of}" in materialized.stdout
+    row = next(r for r in layout.read_partition(stack, as_of).to_pylist() if r["is_active"])
     online = run_cli("features", "online", "--employee-id", str(row["employee_id"]))
     assert online.returncode == 0, online.stderr
     payload = json.loads(online.stdout)
     assert payload["features"] == list(spec.FEATURE_NAMES)
     assert payload["vectors"][str(row["employee_id"])] == [row[n] for n in spec.FEATURE_NAMES]
     missing = run_cli("features", "online", "--employee-id", "999999999")
-    assert missing.returncode == 1 and "no online features for employee(s) [999999999]" in missing.stderr
+    assert missing.returncode == 1 and "employee 999999999: unknown employee" in missing.stderr

@@ -14,7 +14,9 @@ from conftest import ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing
+from etl import layout
 from etl.layout import list_partitions, partition_key
+from features import online
 from features import store as fs
 from training import dataset, model
 
@@ -80,12 +82,14 @@ def test_column_order_upstream_cannot_change_what_the_model_receives(tiny, expor
     reversed_names = list(reversed(spec.FEATURE_NAMES))
     store.apply([FeatureService(name="attrition_reversed", features=[view[reversed_names]])])
     fs.materialize(store, settings, datetime(2026, 3, 2, tzinfo=timezone.utc), start=datetime(2026, 2, 28, tzinfo=timezone.utc))
-    forward = fs.online_vectors(store, [1])[1]
-    backward = fs.online_vectors(store, [1], service_name="attrition_reversed")[1]
+    now = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    forward = online.online_vectors(store, settings, [1], now=now)[1]
+    backward = online.online_vectors(store, settings, [1], service="attrition_reversed", now=now)[1]
     assert backward == list(reversed(forward))
-    loaded = model.LoadedModel("v-test", None, "attrition_reversed", fs.feature_refs(store))
-    with pytest.raises(model.ServingError, match="no longer matches model v-test"):
-        model.feature_vectors(store, loaded, [1])
+    loaded = model.LoadedModel("v-test", None, "attrition_reversed", online.service_feature_refs(store))
+    with pytest.raises(online.ServingError, match="no longer matches model v-test") as refused:
+        model.feature_vectors(store, settings, loaded, [1], now=now)
+    assert refused.value.reason == "mismatch"
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +123,7 @@ def test_train_store_and_promote(trained):
 def test_labels_never_use_the_future(trained):
     settings, _, _ = trained
     labels = dataset.build_labels(settings, timedelta(days=62))
-    newest = ing.read_partition(settings, max(list_partitions(settings)))["event_timestamp"][0].as_py()
+    newest = layout.read_partition(settings, max(list_partitions(settings)))["event_timestamp"][0].as_py()
     assert (labels["event_timestamp"] + timedelta(days=62) <= pd.Timestamp(newest)).all(), "censored rows dropped"
     assert labels["label"].isin([0, 1]).all() and labels["label"].sum() > 0
 
@@ -128,26 +132,28 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
     settings, store, result = trained
     if not result.promoted:
         pytest.skip("the small synthetic history did not pass the quality gate; serving needs a promoted model")
-    active = [r["employee_id"] for r in ing.read_partition(settings, max(list_partitions(settings))).to_pylist()
+    active = [r["employee_id"] for r in layout.read_partition(settings, max(list_partitions(settings))).to_pylist()
               if r["is_active"]][:5]
     scores = model.predict(store, settings, active)
     assert set(scores) == set(active) and all(0 <= p <= 1 for p in scores.values())
-    assert model.skew_check(store, settings, sample=50) == []
+    clean = model.skew_check(store, settings)
+    assert clean.mismatches == [] and clean.checked == clean.active > 0, clean.summary()
 
     env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_FEAST_PROJECT": settings.feast_project,
            "FP_REGISTRY_URL": settings.registry_url}
     refused = run_cli("training", "predict", "--employee-id", "987654321", env=env)
-    assert refused.returncode == 1 and "refusing to predict: employee 987654321: tenure missing online" in refused.stderr
+    assert refused.returncode == 1 and "employee 987654321: unknown employee" in refused.stderr
 
     # A feature definition changes behind the model's back: the latest extraction is republished
     # with another satisfaction formula, and Redis still holds the old values.
     latest = max(list_partitions(settings))
-    table = ing.read_partition(settings, latest)
+    table = layout.read_partition(settings, latest)
     changed = table.set_column(table.schema.get_field_index("overall_satisfaction"), "overall_satisfaction",
                                pa.compute.multiply(table["overall_satisfaction"], 0.5))
     s3.put_bytes(settings, partition_key(settings, latest), ing.to_parquet(changed))
-    mismatches = model.skew_check(store, settings, sample=50)
-    assert mismatches and all("overall_satisfaction" in m for m in mismatches)
-    assert mismatches[0].startswith("employee ")
-    proc = run_cli("training", "skew-check", "--sample", "20", env=env)
+    report = model.skew_check(store, settings)
+    assert report.mismatches and all("overall_satisfaction" in m for m in report.mismatches)
+    assert report.mismatches[0].startswith("employee ")
+    assert report.by_feature["overall_satisfaction"] == len(report.mismatches)
+    proc = run_cli("training", "skew-check", env=env)
     assert proc.returncode == 1 and "SKEW employee" in proc.stdout

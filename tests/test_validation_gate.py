@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
+from etl import layout
 from etl.layout import partition_key, staging_key
 from expectations import gate
 
@@ -170,7 +171,7 @@ def test_warning_expectations_report_without_blocking(gate_settings, good_export
 
 
 def test_bad_features_partition_fails_the_features_suite(gate_settings, tmp_path):
-    table = ing.read_partition(gate_settings, GOOD_DAY).to_pandas()
+    table = layout.read_partition(gate_settings, GOOD_DAY).to_pandas()
     table.loc[table.index[:4], "promotion_stagnation"] = 1.5
     table.loc[table.index[:2], "overtime"] = 2
     path = tmp_path / "part-0.parquet"

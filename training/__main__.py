@@ -2,7 +2,7 @@
 
     python -m training train                      # labels -> point-in-time set -> model -> S3 (+ gate)
     python -m training predict --employee-id 17   # online features -> probability, by the stored order
-    python -m training skew-check                 # online vs offline point-in-time, feature by feature
+    python -m training skew-check                 # online vs offline point-in-time, exactly, values and event times
 
 Exit status: 0 ok; 1 the model failed its quality gate, prediction was refused (missing, stale
 or mismatched features) or the skew check found differences; 2 no data or no model yet.
@@ -18,6 +18,7 @@ from datetime import timedelta
 from core import log as logsetup
 from core import settings as settings_mod
 from features import store as fs
+from features.online import ServingError
 from training import dataset, model
 
 
@@ -30,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"label: left within this many days of the extraction (default {dataset.HORIZON.days})")
     p = sub.add_parser("predict", help="score employees from their online features")
     p.add_argument("--employee-id", type=int, action="append", required=True)
-    s = sub.add_parser("skew-check", help="compare online and offline vectors for a sample of active employees")
-    s.add_argument("--sample", type=int, default=200)
+    s = sub.add_parser("skew-check", help="compare online and offline values and event times, exactly")
+    s.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the random sample taken above {model.EXHAUSTIVE_SKEW_CHECK} active employees "
+                        "(default: fresh each run; the nightly DAG passes its run id)")
     args = parser.parse_args(argv)
     logsetup.setup()
     settings = settings_mod.load()
@@ -46,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"model": model.load_latest(settings).version,
                               "probability_of_leaving": {str(k): round(v, 4) for k, v in scores.items()}}, indent=2))
             return 0
-        mismatches = model.skew_check(store, settings, args.sample)
-        for line in mismatches[:50]:
+        report = model.skew_check(store, settings, seed=args.seed)
+        for line in report.mismatches[:50]:
             print(f"SKEW {line}")
-        print(f"skew check: {len(mismatches)} mismatching feature values in a sample of {args.sample} active employees")
-        return 1 if mismatches else 0
-    except model.ServingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1 if "refusing" in str(exc) or "no longer matches" in str(exc) else 2
+        print(report.summary())
+        return 1 if report.mismatches else 0
+    except ServingError as exc:
+        print(f"error ({exc.reason}): {exc}", file=sys.stderr)
+        return 2 if exc.reason in {"no_model", "unavailable"} else 1
     except dataset.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

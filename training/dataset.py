@@ -19,7 +19,7 @@ from feast import FeatureStore
 from core.settings import Settings
 from etl import features as spec
 from etl.layout import features_dataset
-from features import store as fs
+from features import online
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,14 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 
 def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFrame,
-                  service: str = fs.FEATURE_SERVICE) -> pd.DataFrame:
+                  service: str = online.FEATURE_SERVICE) -> pd.DataFrame:
     """``entity_df`` with the service's features as of each row's timestamp, in the service's order.
 
     Every entity row comes back, exactly once, in the input order: a row with no feature value
     inside the TTL gets nulls. The result is joined back onto the entity dataframe by key, so a
     training set can never shrink silently, whatever the offline store returns.
     """
-    refs = fs.feature_refs(store, service)
-    names = [r.split(":", 1)[1] for r in refs]
+    names = online.names_of(online.service_feature_refs(store, service))
     keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
     if keys.duplicated().any():
         raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")

@@ -10,6 +10,8 @@ of Feast's response, and refuses missing, stale or mismatched features.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -31,21 +33,17 @@ from sklearn.preprocessing import StandardScaler
 from core import s3
 from core.settings import Settings
 from etl import features as spec
-from features import store as fs
-from features.check import LATEST_MODEL_POINTER
+from etl.layout import LATEST_MODEL_POINTER, MODEL_PREFIX
+from features import online
 from features.definitions import FEATURE_TTL
+from features.online import ServingError
 from training import dataset
 
 log = logging.getLogger(__name__)
 
-MODEL_PREFIX = "models/attrition"
 MIN_ROC_AUC = 0.60
 THRESHOLD = 0.5
 TEST_SHARE = 0.25  # the latest quarter of label times is held out
-
-
-class ServingError(RuntimeError):
-    """The model cannot be served these features; the message says what is wrong."""
 
 
 @dataclass
@@ -166,7 +164,7 @@ Quality gate: ROC AUC >= {MIN_ROC_AUC} before this version may become `latest`.
 
 def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> TrainResult:
     labels = dataset.build_labels(settings, horizon)
-    refs = fs.feature_refs(store)
+    refs = online.service_feature_refs(store)
     names = [r.split(":", 1)[1] for r in refs]
     frame = dataset.point_in_time(store, settings, labels)
     complete = frame.dropna(subset=names)
@@ -180,7 +178,7 @@ def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> T
     prefix = f"{MODEL_PREFIX}/{version}"
     meta = {
         "version": version, "trained_at": datetime.now(timezone.utc).isoformat(),
-        "feature_service": fs.FEATURE_SERVICE, "feature_refs": refs, "feature_view_ttl_seconds": FEATURE_TTL.total_seconds(),
+        "feature_service": online.FEATURE_SERVICE, "feature_refs": refs, "feature_view_ttl_seconds": FEATURE_TTL.total_seconds(),
         "horizon_days": horizon.days, "split_at": cutoff.isoformat(), "train_rows": int(len(train_rows)),
         "dropped_rows_missing_features": int(dropped), "label_rows": int(len(labels)),
         "entity_df_sha256": dataset.fingerprint(labels), "dataset_sha256": dataset.fingerprint(complete),
@@ -188,10 +186,12 @@ def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> T
     }
     buffer = io.BytesIO()
     joblib.dump(model, buffer)
+    artifact = buffer.getvalue()
+    meta["model_sha256"] = hashlib.sha256(artifact).hexdigest()
     client = s3.client(settings)
-    s3.put_bytes(settings, f"{prefix}/model.joblib", buffer.getvalue(), s3=client)
+    s3.put_bytes(settings, f"{prefix}/model.joblib", artifact, s3=client)
     s3.put_bytes(settings, f"{prefix}/metadata.json", json.dumps(meta, indent=2).encode(), content_type="application/json", s3=client)
-    s3.put_bytes(settings, f"{prefix}/features.json", json.dumps({"feature_service": fs.FEATURE_SERVICE, "feature_refs": refs}).encode(),
+    s3.put_bytes(settings, f"{prefix}/features.json", json.dumps({"feature_service": online.FEATURE_SERVICE, "feature_refs": refs}).encode(),
                  content_type="application/json", s3=client)
     s3.put_bytes(settings, f"{prefix}/entity_df.parquet", labels.to_parquet(index=False), s3=client)
     s3.put_bytes(settings, f"{prefix}/roc_curve.png", _roc_png(curve, metrics["roc_auc"]), content_type="image/png", s3=client)
@@ -199,8 +199,7 @@ def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> T
     uri = f"s3://{settings.s3_bucket}/{prefix}/"
     promoted = metrics["roc_auc"] >= MIN_ROC_AUC
     if promoted:
-        pointer = {"version": version, "uri": uri, "features_uri": f"{uri}features.json", "roc_auc": metrics["roc_auc"]}
-        s3.put_bytes(settings, LATEST_MODEL_POINTER, json.dumps(pointer).encode(), content_type="application/json", s3=client)
+        promote(settings, version)
     result = TrainResult(version, uri, metrics, promoted)
     log.info(result.summary())
     return result
@@ -212,81 +211,128 @@ class LoadedModel:
     model: Pipeline
     feature_service: str
     feature_refs: list[str]
+    roc_auc: float | None = None
+
+
+def promote(settings: Settings, version: str) -> dict:
+    """Point ``latest`` at a stored version (training does this when the gate passes; an operator
+    can roll back with it). The pointer records the artifact's SHA-256, checked before loading."""
+    prefix = f"{MODEL_PREFIX}/{version}"
+    meta = json.loads(s3.get_bytes(settings, f"{prefix}/metadata.json"))
+    uri = f"s3://{settings.s3_bucket}/{prefix}/"
+    pointer = {"version": version, "uri": uri, "features_uri": f"{uri}features.json",
+               "roc_auc": meta["metrics"]["roc_auc"], "model_sha256": meta["model_sha256"]}
+    s3.put_bytes(settings, LATEST_MODEL_POINTER, json.dumps(pointer).encode(), content_type="application/json")
+    log.info("model %s promoted to %s", version, LATEST_MODEL_POINTER)
+    return pointer
+
+
+def _pointer(settings: Settings) -> dict | None:
+    if not s3.exists(settings, LATEST_MODEL_POINTER):
+        return None
+    return json.loads(s3.get_bytes(settings, LATEST_MODEL_POINTER))
+
+
+def latest_version(settings: Settings) -> str | None:
+    """The promoted model's version (one small read), or None before any model passed the gate."""
+    pointer = _pointer(settings)
+    return pointer["version"] if pointer else None
 
 
 def load_latest(settings: Settings) -> LoadedModel:
-    if not s3.exists(settings, LATEST_MODEL_POINTER):
-        raise ServingError("no model has passed the quality gate yet: run `python -m training train`")
-    pointer = json.loads(s3.get_bytes(settings, LATEST_MODEL_POINTER))
+    """The promoted model. Unpickling runs code, so the artifact must have the SHA-256 that training
+    recorded in the pointer: a model.joblib replaced by anyone else is refused, never loaded."""
+    pointer = _pointer(settings)
+    if pointer is None:
+        raise ServingError("no model has passed the quality gate yet: run `python -m training train`", "no_model")
     prefix = f"{MODEL_PREFIX}/{pointer['version']}"
     meta = json.loads(s3.get_bytes(settings, f"{prefix}/metadata.json"))
-    model = joblib.load(io.BytesIO(s3.get_bytes(settings, f"{prefix}/model.joblib")))
-    return LoadedModel(pointer["version"], model, meta["feature_service"], meta["feature_refs"])
+    artifact = s3.get_bytes(settings, f"{prefix}/model.joblib")
+    digest = hashlib.sha256(artifact).hexdigest()
+    if not pointer.get("model_sha256") or not hmac.compare_digest(digest, pointer["model_sha256"]):
+        raise ServingError(f"refusing to load model {pointer['version']}: model.joblib has SHA-256 {digest[:12]}..., "
+                           f"the promotion recorded {str(pointer.get('model_sha256'))[:12]}... (retrain to promote "
+                           "a model again)", "no_model")
+    model = joblib.load(io.BytesIO(artifact))
+    return LoadedModel(pointer["version"], model, meta["feature_service"], meta["feature_refs"],
+                       meta.get("metrics", {}).get("roc_auc"))
 
 
-def feature_vectors(store: FeatureStore, loaded: LoadedModel, employee_ids: list[int],
+def feature_vectors(store: FeatureStore, settings: Settings, loaded: LoadedModel, employee_ids: list[int],
                     now: datetime | None = None) -> np.ndarray:
     """The model's input rows, assembled by name in the model's stored order; refuses anything off."""
-    registered = fs.feature_refs(store, loaded.feature_service)
-    if registered != loaded.feature_refs:
-        raise ServingError(f"feature service {loaded.feature_service} no longer matches model {loaded.version}: "
-                           f"registry has {registered}, the model was trained on {loaded.feature_refs}")
-    names = [r.split(":", 1)[1] for r in loaded.feature_refs]
-    response = store.get_online_features(features=store.get_feature_service(loaded.feature_service),
-                                         entity_rows=[{spec.ENTITY_KEY: int(i)} for i in employee_ids]
-                                         ).to_dict(include_event_timestamps=True)
-    now = now or datetime.now(timezone.utc)
-    rows, problems = [], []
-    for index, employee_id in enumerate(response[spec.ENTITY_KEY]):
-        row = []
-        for name in names:
-            value = response[name][index]
-            stamp = response.get(f"{name}__ts", [None] * len(employee_ids))[index]
-            if value is None:
-                problems.append(f"employee {employee_id}: {name} missing online")
-            elif stamp is not None and now - _aware(stamp) > FEATURE_TTL:
-                problems.append(f"employee {employee_id}: {name} is stale (event time {stamp}, TTL {FEATURE_TTL})")
-            row.append(value)
-        rows.append(row)
-    if problems:
-        raise ServingError("refusing to predict: " + "; ".join(problems[:10]))
-    return np.asarray(rows, dtype=float)
-
-
-def _aware(stamp) -> datetime:
-    if isinstance(stamp, datetime):
-        return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
-    return datetime.fromtimestamp(float(stamp), timezone.utc)
+    online.check_service(store, loaded.feature_service, loaded.feature_refs, loaded.version)
+    vectors = online.online_vectors(store, settings, employee_ids, refs=loaded.feature_refs,
+                                    service=loaded.feature_service, now=now)
+    return np.asarray([vectors[int(i)] for i in employee_ids], dtype=float)
 
 
 def predict(store: FeatureStore, settings: Settings, employee_ids: list[int]) -> dict[int, float]:
     """Probability of leaving within the horizon, per employee, from online features."""
     loaded = load_latest(settings)
-    vectors = feature_vectors(store, loaded, employee_ids)
+    vectors = feature_vectors(store, settings, loaded, employee_ids)
     return {int(i): float(p) for i, p in zip(employee_ids, loaded.model.predict_proba(vectors)[:, 1])}
 
 
-def skew_check(store: FeatureStore, settings: Settings, sample: int = 200) -> list[str]:
-    """Online vectors against offline point-in-time vectors, feature by feature; returns mismatches.
+EXHAUSTIVE_SKEW_CHECK = 100_000  # every active employee up to this many; a fresh random sample above
 
-    For a sample of active employees of the newest extraction, the offline value is retrieved as of
-    the materialization time (now), which is what Redis should hold.
+
+@dataclass
+class SkewReport:
+    extraction: str
+    checked: int
+    active: int
+    seed: int | None
+    mismatches: list[str]
+    by_feature: dict[str, int]
+
+    def summary(self) -> str:
+        scope = (f"all {self.checked} active employees" if self.checked == self.active
+                 else f"a random sample of {self.checked} of {self.active} active employees (seed {self.seed})")
+        per_feature = ", ".join(f"{k}: {v}" for k, v in self.by_feature.items() if v) or "none"
+        return (f"skew check against the extraction of {self.extraction}: {len(self.mismatches)} mismatch(es) in "
+                f"{scope}; per feature: {per_feature}")
+
+
+def skew_check(store: FeatureStore, settings: Settings, seed: int | None = None,
+               limit: int = EXHAUSTIVE_SKEW_CHECK) -> SkewReport:
+    """Online values and event times against the offline point-in-time ones, exactly.
+
+    Redis must hold, for each active employee of the served extraction, the offline store's
+    values as of that extraction, bit for bit, stamped with the extraction's event time. A
+    missing employee or feature is a reported mismatch.
     """
-    from etl.ingest import read_partition
-    from etl.layout import list_partitions
-
-    latest = read_partition(settings, list_partitions(settings)[-1])
-    active = latest.filter(latest[spec.ACTIVE])[spec.ENTITY_KEY].to_pylist()
-    ids = active[:: max(1, len(active) // sample)][:sample]
-    now = pd.Timestamp(datetime.now(timezone.utc))
-    offline = dataset.point_in_time(store, settings, pd.DataFrame({spec.ENTITY_KEY: ids, spec.TIMESTAMP: [now] * len(ids)}))
-    online = fs.online_vectors(store, ids)
-    names = [r.split(":", 1)[1] for r in fs.feature_refs(store)]
-    mismatches = []
-    for _, row in offline.iterrows():
-        employee = int(row[spec.ENTITY_KEY])
-        for name, online_value in zip(names, online[employee]):
-            offline_value = row[name]
-            if pd.isna(offline_value) or online_value is None or not np.isclose(float(offline_value), float(online_value)):
-                mismatches.append(f"employee {employee}: {name} online={online_value} offline={offline_value}")
-    return mismatches
+    roster = online.served_roster(settings)
+    if roster is None:
+        raise dataset.DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first")
+    active = roster.active_ids()
+    ids = active
+    if len(active) > limit:
+        seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+        ids = sorted(np.random.default_rng(seed).choice(active, size=limit, replace=False).tolist())
+        log.info("skew check: sampling %d of %d active employees with seed %d", limit, len(active), seed)
+    refs = online.service_feature_refs(store)
+    names = online.names_of(refs)
+    offline = dataset.point_in_time(store, settings, pd.DataFrame(
+        {spec.ENTITY_KEY: ids, spec.TIMESTAMP: [pd.Timestamp(roster.event_time)] * len(ids)}))
+    columns = online.fetch_sdk(store, ids)
+    row_of = {employee: row for row, employee in enumerate(columns.employee_ids)}
+    mismatches: list[str] = []
+    by_feature = {name: 0 for name in [*names, spec.TIMESTAMP]}
+    for record in offline.to_dict("records"):
+        employee = int(record[spec.ENTITY_KEY])
+        row = row_of[employee]
+        for name in names:
+            online_value, stamp = columns.values[name][row], columns.event_times[name][row]
+            offline_value = record[name]
+            offline_value = None if pd.isna(offline_value) else offline_value.item() if hasattr(offline_value, "item") else offline_value
+            if online_value is None or offline_value is None or online_value != offline_value \
+                    or type(online_value) is not type(offline_value):
+                by_feature[name] += 1
+                mismatches.append(f"employee {employee}: {name} online={online_value!r} offline={offline_value!r}")
+            elif stamp != roster.event_time:
+                by_feature[spec.TIMESTAMP] += 1
+                mismatches.append(f"employee {employee}: {name} stamped {stamp} online, the offline row is "
+                                  f"{roster.event_time}")
+    return SkewReport(roster.extraction.isoformat(), len(ids), len(active), seed if len(active) > limit else None,
+                      mismatches, by_feature)

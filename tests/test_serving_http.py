@@ -1,0 +1,301 @@
+"""Online serving over HTTP against live processes: the read-only feature server and the inference API,
+each started as `python -m serving ...` on a free port over the real Redis, S3 and registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+import redis
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, Loop, free_port, ingest_exports, isolated, run_cli
+from etl import features as spec
+from etl import layout
+from features import online
+from features import store as fs
+from training import model
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-" + os.urandom(6).hex()
+
+
+def _env(settings, **extra) -> dict:
+    return {**os.environ, "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
+            "FP_REDIS_URL": settings.redis_url, **extra}
+
+
+class Server:
+    """A `python -m serving ...` process on a free port, stopped at the end."""
+
+    def __init__(self, args: list[str], env: dict, health: str, log_path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "serving", *args, "--port", str(self.port)], cwd=ROOT,
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(self.url + health, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"{args[0]} did not start: {open(log_path).read()[-3000:]}")
+            time.sleep(0.3)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            self.proc.wait(20)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def served(stack, exports, tmp_path_factory):
+    """Six months for 300 employees, materialized; a model trained and promoted; both servers up."""
+    folder = tmp_path_factory.mktemp("http")
+    settings = isolated(stack, folder, "http")
+    ingest_exports(settings, exports)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    fs.materialize(store, settings, datetime.now(timezone.utc))
+    result = model.train(store, settings, horizon=timedelta(days=62))
+    if not result.promoted:
+        model.promote(settings, result.version)  # the quality gate is not what these tests are about
+    feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], _env(settings),
+                            "/health", folder / "feature-server.log")
+    api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN,
+                               FP_API_REFRESH_SECONDS="1"), "/healthz", folder / "api.log")
+    client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    yield settings, store, feature_server, api, client
+    client.close()
+    api.stop()
+    feature_server.stop()
+
+
+def _rows(settings):
+    return {r["employee_id"]: r for r in layout.read_partition(settings, max(layout.list_partitions(settings))).to_pylist()}
+
+
+def test_api_prediction_equals_the_cli_and_is_assembled_in_the_models_order(served):
+    settings, store, _, _, client = served
+    rows = _rows(settings)
+    employee = next(i for i, r in rows.items() if r["is_active"])
+    body = client.get(f"/v1/employees/{employee}/attrition").json()
+    loaded = model.load_latest(settings)
+    names = online.names_of(loaded.feature_refs)
+    assert list(body["features"]) == names, "keys in the model's stored order"
+    assert body["features"] == {n: rows[employee][n] for n in names}
+    assert body["model_version"] == loaded.version
+    assert body["features_as_of"] == spec.extraction_timestamp(max(layout.list_partitions(settings))).isoformat()
+    assert body["probability"] == model.predict(store, settings, [employee])[employee]
+    cli = run_cli("training", "predict", "--employee-id", str(employee), env=_env(settings))
+    assert cli.returncode == 0, cli.stderr
+    assert f'"{employee}": {round(body["probability"], 4)}' in cli.stdout
+
+    active = [i for i, r in rows.items() if r["is_active"]][:20]
+    batch = client.post("/v1/attrition", json={"employee_ids": active}).json()["results"]
+    assert [r["employee_id"] for r in batch] == active
+    assert {r["employee_id"]: r["probability"] for r in batch} == model.predict(store, settings, active)
+
+
+def test_the_feature_server_answers_the_reference_smoke_request(served):
+    settings, _, feature_server, _, _ = served
+    rows = _rows(settings)
+    ids = [i for i, r in rows.items() if r["is_active"]][:3]
+    body = httpx.post(f"{feature_server.url}/get-online-features",
+                      json={"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}}).json()
+    columns = online.parse_response(body)
+    assert columns.employee_ids == ids
+    assert {n: columns.values[n] for n in spec.FEATURE_NAMES} == {n: [rows[i][n] for i in ids] for n in spec.FEATURE_NAMES}
+
+
+@pytest.mark.parametrize("path", ["/write-to-online-store", "/push", "/materialize", "/materialize-incremental",
+                                  "/docs", "/chat"])
+def test_every_write_to_the_feature_server_is_refused(served, path):
+    settings, _, feature_server, _, client = served
+    employee = next(i for i, r in _rows(settings).items() if r["is_active"])
+    before = client.get(f"/v1/employees/{employee}/attrition").json()["features"]
+    write = {"feature_view_name": "employee_features", "df": {"employee_id": [employee], "tenure": [99],
+             "event_timestamp": [datetime.now(timezone.utc).isoformat()]}}
+    response = httpx.post(f"{feature_server.url}{path}", json=write)
+    assert response.status_code == 403 and "read-only" in response.json()["error"]
+    assert client.get(f"/v1/employees/{employee}/attrition").json()["features"] == before
+
+
+def _error(response, status: int, reason: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["reason"] == reason, body
+    return body
+
+
+def test_each_error_class_has_its_status(served):
+    settings, store, _, _, client = served
+    rows = _rows(settings)
+    active = sorted(i for i, r in rows.items() if r["is_active"])
+    leaver = next(i for i, r in rows.items() if not r["is_active"])
+    assert "unknown employee" in _error(client.get("/v1/employees/987654/attrition"), 404, "unknown")["message"]
+    _error(client.get(f"/v1/employees/{leaver}/attrition"), 404, "left")
+    _error(client.get("/v1/employees/abc/attrition"), 422, "invalid_request")
+    _error(client.get("/v1/employees/-3/attrition"), 422, "invalid_request")
+    _error(client.post("/v1/attrition", json={"employee_ids": list(range(1, 1002))}), 422, "invalid_request")
+    _error(client.post("/v1/attrition", json={"employee_ids": []}), 422, "invalid_request")
+    _error(client.post("/v1/attrition", content=b"{not json", headers={"Content-Type": "application/json"}),
+           422, "invalid_request")
+    assert httpx.get(f"{client.base_url}/v1/employees/{active[0]}/attrition").status_code == 401
+    assert client.get(f"/v1/employees/{active[0]}/attrition", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+    r = redis.Redis.from_url(settings.redis_url)
+    missing, stale = active[0], active[1]
+    key = online.redis_key(settings.feast_project, missing)
+    saved = r.hgetall(key)
+    try:
+        r.hdel(key, online.feature_fields()[2])
+        body = _error(client.get(f"/v1/employees/{missing}/attrition"), 503, "missing")
+        assert "overtime missing online" in body["employees"][str(missing)]
+        # One bad employee refuses the whole batch: never a probability from an incomplete vector.
+        _error(client.post("/v1/attrition", json={"employee_ids": [active[2], missing]}), 503, "missing")
+    finally:
+        r.hset(key, mapping=saved)
+    stale_key = online.redis_key(settings.feast_project, stale)
+    saved = r.hgetall(stale_key)
+    try:
+        earlier = Timestamp()
+        earlier.FromDatetime(datetime.now(timezone.utc) - timedelta(days=40))
+        r.hset(stale_key, online.timestamp_field(), earlier.SerializeToString())
+        assert "older than the served extraction" in _error(client.get(f"/v1/employees/{stale}/attrition"),
+                                                            503, "stale")["employees"][str(stale)]
+    finally:
+        r.hset(stale_key, mapping=saved)
+    assert client.get(f"/v1/employees/{stale}/attrition").status_code == 200
+
+
+def test_an_unreachable_feature_server_is_503_and_not_ready(served, tmp_path):
+    settings, _, _, _, _ = served
+    api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=f"http://127.0.0.1:{free_port()}", FP_API_TOKEN=TOKEN),
+                 "/healthz", tmp_path / "api.log")
+    try:
+        employee = next(i for i, r in _rows(settings).items() if r["is_active"])
+        response = httpx.get(f"{api.url}/v1/employees/{employee}/attrition", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert "unreachable" in _error(response, 503, "unavailable")["message"]
+        ready = httpx.get(f"{api.url}/readyz")
+        assert ready.status_code == 503 and ready.json()["feature_server"] is False
+    finally:
+        api.stop()
+
+
+def test_a_service_that_no_longer_provides_the_models_features_is_not_ready(served):
+    settings, store, _, api, client = served
+    assert httpx.get(f"{api.url}/readyz").json()["ready"] is True
+    from features.definitions import build
+
+    _, _, view, service = build(settings)
+    shrunk = type(service)(name=service.name, features=[view[list(spec.FEATURE_NAMES[:-1])]])
+    store.apply([shrunk])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and httpx.get(f"{api.url}/readyz").status_code == 200:
+            time.sleep(0.5)
+        ready = httpx.get(f"{api.url}/readyz")
+        assert ready.status_code == 503 and "no longer provides ['overall_satisfaction']" in ready.json()["problem"]
+        employee = next(i for i, r in _rows(settings).items() if r["is_active"])
+        _error(client.get(f"/v1/employees/{employee}/attrition"), 503, "mismatch")
+    finally:
+        store.apply([service])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and httpx.get(f"{api.url}/readyz").status_code != 200:
+        time.sleep(0.5)
+    assert httpx.get(f"{api.url}/readyz").status_code == 200
+
+
+def test_metrics_parse_as_prometheus_text(served):
+    _, _, _, api, client = served
+    client.get("/v1/employees/987654/attrition")
+    text = httpx.get(f"{api.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    latency = families["attrition_api_request_duration_seconds"]
+    labels = {(s.labels.get("route"), s.labels.get("status")) for s in latency.samples if s.name.endswith("_count")}
+    assert ("/v1/employees/{employee_id}/attrition", "404") in labels
+    assert any(s.labels.get("reason") == "unknown" and s.value >= 1 for s in families["attrition_api_errors"].samples)
+    assert any(s.value == 1 for s in families["attrition_api_model_info"].samples)
+    assert "attrition_api_served_features_age_seconds" in families
+
+
+def test_feature_server_reads_never_fail_during_a_nightly_run(served, exports, tmp_path):
+    """The reader loop of the serving-never-dark guarantee, through the feature server over HTTP."""
+    settings, _, feature_server, _, _ = served
+    local = replace(isolated(settings, tmp_path, "httpn"), materialize_batch_size=10)
+    ingest_exports(local, exports[:-1])
+    store = fs.open_store(local)
+    fs.apply(store, local)
+    first = spec.extraction_timestamp(layout.list_partitions(local)[0])
+    night = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
+    fs.materialize(store, local, night - timedelta(days=1), start=first)
+    ingest_exports(local, exports[-1:])
+    previous, latest = layout.list_partitions(local)[-2:]
+    both = sorted(set(online.read_roster(local, previous).active_ids()) & set(online.read_roster(local, latest).active_ids()))
+    server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], _env(local), "/health",
+                    tmp_path / "fs.log")
+    roster = online.RosterCache(local)
+    http = httpx.Client(base_url=server.url)
+
+    def read():
+        body = http.post("/get-online-features", json={"feature_service": "attrition_model_v1",
+                                                       "entities": {"employee_id": both}})
+        body.raise_for_status()
+        online.assemble(online.parse_response(body.json()), list(spec.FEATURE_NAMES), roster.refresh(),
+                        timedelta(days=45), night)
+
+    try:
+        read()
+        with Loop(read) as reader:
+            fs.materialize(store, local, night, refresh=latest)
+        assert reader.calls >= 3 and reader.failures == [], (reader.calls, reader.failures[:3])
+        assert roster.refresh().extraction == latest
+    finally:
+        http.close()
+        server.stop()
+
+
+def test_make_serve_starts_both_idempotently_and_down_stops_them(served, tmp_path, monkeypatch):
+    """`make serve` is `python -m devstack serve`: health-checked, idempotent, stopped by `make down`."""
+    import devstack
+    from serving import token
+
+    settings = served[0]
+    for key, value in _env(settings).items():
+        monkeypatch.setenv(key, value)
+    local = replace(settings, local_dir=tmp_path / "local", feature_server_url=f"http://127.0.0.1:{free_port()}",
+                    api_port=free_port(), api_token=None)
+    monkeypatch.setenv("FP_FEATURE_SERVER_URL", local.feature_server_url)
+    monkeypatch.setenv("FP_LOCAL_DIR", str(local.local_dir))
+    try:
+        first = devstack.up_serving(local)
+        pids = {name: devstack._running_pid(local, name) for name in ("feature-server", "api")}
+        assert all(s.managed for s in first) and all(pids.values())
+        again = devstack.up_serving(local)
+        assert {name: devstack._running_pid(local, name) for name in pids} == pids, "a second serve starts nothing"
+        assert [s.healthy for s in again] == [True, True]
+        secret = token.resolve(local)
+        assert (token.local_token_file(local).stat().st_mode & 0o777) == 0o600
+        employee = next(i for i, r in _rows(settings).items() if r["is_active"])
+        url = f"http://127.0.0.1:{local.api_port}/v1/employees/{employee}/attrition"
+        assert httpx.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=10).status_code == 200
+    finally:
+        stopped = devstack.down(local)
+    assert [s.split(" ")[0] for s in stopped] == ["api", "feature-server"]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{local.feature_server_url}/health", timeout=2)
