@@ -42,6 +42,8 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: up
+	@command -v hey >/dev/null || { echo "installing hey (HTTP load generator) from Debian"; \
+	  apt-get update -qq && apt-get install -y -qq hey >/dev/null; } || echo "hey could not be installed: the serving benchmark will say so"
 	$(PY) -m bench $(BENCH_ARGS)
 
 airflow: up

@@ -6,6 +6,7 @@
     python -m bench validate --validate-rows 1000000
     python -m bench health --health-entities 100000
     python -m bench retrieval --label-rows 100000
+    python -m bench serving               # feature server and inference API on loopback (needs `hey`)
 
 Each measurement runs in a fresh process so its peak RSS is its own. Ratios are ours / limit
 (1.0 = as fast as the limit). Numbers are printed, never asserted: tests do not time things.
@@ -60,7 +61,7 @@ def report(title: str, unit: str, results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("which", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
+    parser.add_argument("which", nargs="*", metavar="{" + ",".join([*BENCHMARKS, "serving"]) + "}",
                         help="benchmarks to run (default: all)")
     parser.add_argument("--rows", type=int, action="append", help="ETL sizes (raw rows)")
     parser.add_argument("--entities", type=int, action="append", help="materialization sizes (entities)")
@@ -68,11 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-entities", type=int, action="append", help="online store check sizes (entities)")
     parser.add_argument("--label-rows", type=int, action="append", help="training retrieval sizes (label rows)")
     args = parser.parse_args(argv)
-    which = args.which or list(BENCHMARKS)
-    unknown = set(which) - set(BENCHMARKS)
+    which = args.which or [*BENCHMARKS, "serving"]
+    unknown = set(which) - set(BENCHMARKS) - {"serving"}
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     for kind in which:
+        if kind == "serving":
+            subprocess.run([sys.executable, "-m", "bench.serving"], check=True)
+            continue
         title, unit, sizes, option = BENCHMARKS[kind]
         report(title, unit, [run_isolated(kind, n) for n in (getattr(args, option) or sizes)])
     print(f"\nmachine: {measure.machine()}")

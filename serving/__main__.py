@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     fsv.add_argument("--workers", type=int, default=flags.workers)
     fsv.add_argument("--keep-alive-timeout", type=int, default=flags.keep_alive_timeout)
     fsv.add_argument("--registry-ttl-sec", type=int, default=flags.registry_ttl_sec)
+    fsv.add_argument("--metrics", action=argparse.BooleanOptionalAction, default=flags.metrics,
+                     help="Prometheus metrics on FP_FEATURE_SERVER_METRICS_PORT")
     api = sub.add_parser("api", help="the inference API")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=None)
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "feature-server":
         port = args.port or urlparse(settings.feature_server_url).port or 6566
         chosen = replace(flags, workers=args.workers, keep_alive_timeout=args.keep_alive_timeout,
-                         registry_ttl_sec=args.registry_ttl_sec)
+                         registry_ttl_sec=args.registry_ttl_sec, metrics=args.metrics)
         feature_server.serve(settings, args.host, port, chosen)
     else:
         from serving import api as api_mod  # FastAPI, the model and its libraries: only this command

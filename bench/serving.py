@@ -1,0 +1,171 @@
+"""Serving latency and throughput on loopback: `python -m bench serving`.
+
+Three servers over the same Redis data: our read-only feature server (serving.FLAGS, as deployed),
+the inference API in front of it (a prediction per request) and the limit, a minimal ASGI app
+doing the same Redis read (bench/minimal_server.py, 2 workers like the feature server).
+
+For each: the maximum rate, closed loop with enough connections to saturate the machine; then
+latency at half that rate (paced by `hey -q` per connection, below saturation, where latency is
+the server's and not the queue's), with errors counted. Numbers are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from bench.measure import bench_settings
+from core.settings import PROJECT_ROOT
+from etl import generate as gen
+
+EMPLOYEES, MONTHS = 2000, 12
+DURATION = "8s"
+SATURATING_CONNECTIONS = 16
+PACED_CONNECTIONS = 4
+
+
+def _settings():
+    return replace(bench_settings(), feast_project="bench_serving", s3_features_prefix="bench-serving/features",
+                   s3_raw_prefix="bench-serving/raw")
+
+
+def _env(settings, **extra) -> dict:
+    return {**os.environ, "FP_S3_BUCKET": settings.s3_bucket, "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix,
+            "FP_S3_RAW_PREFIX": settings.s3_raw_prefix, "FP_FEAST_PROJECT": settings.feast_project,
+            "FP_REGISTRY_URL": settings.registry_url, **extra}
+
+
+def prepare(settings) -> int:
+    """History ingested, materialized and a model promoted (once; cached in the bench bucket)."""
+    from core import s3
+    from etl import ingest as ing
+    from features import online
+    from features import store as fs
+    from training import model
+
+    s3.ensure_bucket(settings)
+    if model.latest_version(settings) is None:
+        folder = settings.local_dir / "bench" / "serving-exports"
+        end = date(datetime.now(timezone.utc).year, datetime.now(timezone.utc).month, 1)
+        end = gen.previous_month_end(end)
+        paths = gen.generate(folder, employees=EMPLOYEES, months=MONTHS, end=end, seed=5)
+        for path in paths:
+            ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
+        store = fs.open_store(settings)
+        fs.apply(store, settings)
+        first = date.fromisoformat(paths[0].stem.removeprefix("hr_export_"))
+        from etl import features as spec
+
+        fs.materialize(store, settings, datetime.now(timezone.utc), start=spec.extraction_timestamp(first))
+        result = model.train(store, settings)
+        if not result.promoted:
+            model.promote(settings, result.version)
+    return online.served_roster(settings).active_ids()[0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(argv: list[str], env: dict, health: str, log: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = open(log, "wb")
+    proc = subprocess.Popen([*argv, "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + health, timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"{argv} did not start; see {log}")
+
+
+def hey(url: str, connections: int, method: str = "GET", body: str | None = None, headers: dict | None = None,
+        rate_per_connection: float | None = None) -> dict:
+    argv = ["hey", "-z", DURATION, "-c", str(connections), "-m", method]
+    if rate_per_connection:
+        argv += ["-q", f"{rate_per_connection:.0f}"]
+    if body is not None:
+        argv += ["-T", "application/json", "-d", body]
+    for key, value in (headers or {}).items():
+        argv += ["-H", f"{key}: {value}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    percentiles = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
+    statuses = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", out)}
+    errors = sum(n for c, n in statuses.items() if c != 200)
+    if "Error distribution:" in out:  # transport errors: `[count]  Get "url": reason`
+        errors += sum(int(n) for n in re.findall(r"^\s+\[(\d+)\]\s", out.split("Error distribution:")[1], re.M))
+    return {"rps": rps, "p50": percentiles.get(50), "p99": percentiles.get(99), "errors": errors,
+            "requests": sum(statuses.values())}
+
+
+def measure(url: str, **request) -> dict:
+    closed = hey(url, SATURATING_CONNECTIONS, **request)
+    paced = hey(url, PACED_CONNECTIONS, rate_per_connection=closed["rps"] / 2 / PACED_CONNECTIONS, **request)
+    return {"max_rps": closed["rps"], "max_errors": closed["errors"], "half_rps": paced["rps"], "p50_ms": paced["p50"],
+            "p99_ms": paced["p99"], "errors": paced["errors"]}
+
+
+def main() -> int:
+    if shutil.which("hey") is None:
+        raise SystemExit("the serving benchmark needs `hey` (Debian: apt-get install hey); `make bench` installs it")
+    settings = _settings()
+    print(f"\nServing on loopback: preparing {EMPLOYEES} employees x {MONTHS} months, a promoted model ...", flush=True)
+    employee = prepare(settings)
+    logs = settings.local_dir / "bench"
+    token = "bench-" + os.urandom(8).hex()
+    python = sys.executable
+    procs = []
+    try:
+        fs_proc, fs_url = _start([python, "-m", "serving", "feature-server"], _env(settings), "/health",
+                                 logs / "feature-server.log")
+        procs.append(fs_proc)
+        api_proc, api_url = _start([python, "-m", "serving", "api"],
+                                   _env(settings, FP_FEATURE_SERVER_URL=fs_url, FP_API_TOKEN=token), "/readyz",
+                                   logs / "api.log")
+        procs.append(api_proc)
+        minimal, minimal_url = _start([python, "-m", "uvicorn", "bench.minimal_server:app", "--workers", "2",
+                                       "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
+                                      _env(settings), "/", logs / "minimal.log")
+        procs.append(minimal)
+        body = json.dumps({"feature_service": "attrition_model_v1", "entities": {"employee_id": [employee]}})
+        results = {
+            "limit: minimal ASGI app, same Redis read": measure(minimal_url + "/", method="POST", body=body),
+            "feature server /get-online-features": measure(fs_url + "/get-online-features", method="POST", body=body),
+            "inference API /v1/employees/{id}/attrition": measure(
+                f"{api_url}/v1/employees/{employee}/attrition", headers={"Authorization": f"Bearer {token}"}),
+        }
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, 15)
+    limit = results["limit: minimal ASGI app, same Redis read"]["max_rps"]
+    print(f"  {'server':46} {'max req/s':>10} {'vs limit':>9} {'at req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7}")
+    for name, r in results.items():
+        print(f"  {name:46} {r['max_rps']:>10,.0f} {r['max_rps'] / limit:>8.2f}x {r['half_rps']:>9,.0f} "
+              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['errors'] + r['max_errors']:>7}")
+    print(f"  max: {SATURATING_CONNECTIONS} connections, closed loop, {DURATION}; latency: half the max rate, "
+          f"{PACED_CONNECTIONS} paced connections (hey -q), {DURATION}; one employee per request")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
