@@ -120,8 +120,14 @@ def read_source(settings: Settings, source: str) -> tuple[bytes, str]:
         body = client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
         return body, key.rsplit("/", 1)[-1]
     path = Path(source)
+    if path.is_symlink():
+        raise FileNotFoundError(f"refusing {source!r}: a symbolic link (exports must be regular files in the inbox)")
+    if path.is_dir():
+        raise FileNotFoundError(f"refusing {source!r}: a directory, not an export file")
+    if not path.exists():
+        raise FileNotFoundError(f"not found: {source!r}")
     if not path.is_file():
-        raise FileNotFoundError(f"not found: {source}")
+        raise FileNotFoundError(f"refusing {source!r}: not a regular file")
     return path.read_bytes(), path.name
 
 

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,10 +122,15 @@ class Settings:
         parts = [f"{url.hostname or '127.0.0.1'}:{url.port or 6379}"]
         db = (url.path or "/0").lstrip("/") or "0"
         parts.append(f"db={db}")
-        if url.password:
-            parts.append(f"password={url.password}")
-        if url.username and url.username != "default":
-            parts.append(f"username={url.username}")
+        # The URL's credentials are percent-encoded (as redis-py reads them); Feast's string is not.
+        password, username = unquote(url.password or ""), unquote(url.username or "")
+        if "," in password or "," in username:
+            raise SystemExit("FP_REDIS_URL: a ',' in the Redis username or password cannot be passed to Feast's "
+                             "connection string; choose credentials without ','")
+        if password:
+            parts.append(f"password={password}")
+        if username and username != "default":
+            parts.append(f"username={username}")
         if url.scheme == "rediss":
             parts.append("ssl=true")
         return ",".join(parts)

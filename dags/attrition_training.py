@@ -34,6 +34,8 @@ FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, grou
     doc_md=__doc__,
     tags=["training", "model"],
     default_args={
+        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
+        "execution_timeout": timedelta(hours=2),
         "owner": "people-analytics-platform",
         "retries": 1,
         "retry_delay": timedelta(minutes=5),

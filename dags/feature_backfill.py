@@ -36,6 +36,8 @@ DEFAULT_INBOX = settings_mod.raw("FP_INBOX")
     doc_md=__doc__,
     tags=["features", "hr", "backfill"],
     default_args={
+        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
+        "execution_timeout": timedelta(hours=2),
         "owner": "people-analytics-platform",
         "retries": 2,
         "retry_delay": timedelta(minutes=1),

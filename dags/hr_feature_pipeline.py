@@ -66,6 +66,8 @@ def _fail_without_retry(message: str):
     tags=["features", "hr", "nightly"],
     owner_links={"people-analytics-platform": "https://github.com/hr-feature-platform"},
     default_args={
+        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
+        "execution_timeout": timedelta(hours=1),
         "owner": "people-analytics-platform",
         "retries": 3,
         "retry_delay": timedelta(minutes=2),
@@ -163,7 +165,7 @@ def hr_feature_pipeline():
 
         from etl import ingest
 
-        return ingest.publish(settings_mod.load(), date.fromisoformat(staged["as_of"]))
+        return ingest.publish(settings_mod.load(), date.fromisoformat(staged["as_of"]), staged["staged_uri"])
 
     @task
     def apply_definitions() -> list[str]:

@@ -305,6 +305,21 @@ def serving_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     return problems
 
 
+def network_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """Default deny in the platform's namespace; Redis and the registry database admit only their clients."""
+    problems = []
+    deny = [d for _, d in documents if d.get("kind") == "NetworkPolicy" and d["spec"].get("podSelector") == {}
+            and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not d["spec"].get("ingress") and not d["spec"].get("egress")]
+    if not deny:
+        problems.append(Problem("deploy/k8s", "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)"))
+    for release, path in (("redis", "networkPolicy"), ("feast-registry-db", "primary.networkPolicy")):
+        policy = _get(release_values(release)[0], path) or {}
+        if not policy.get("enabled") or policy.get("allowExternal") is not False:
+            problems.append(Problem(f"{release}: {path}", "enabled with allowExternal: false (clients by label only)"))
+    return problems
+
+
 def check_all() -> list[Problem]:
     problems = []
     for release in RELEASES:
@@ -312,4 +327,4 @@ def check_all() -> list[Problem]:
     documents = manifests()
     for name, doc in documents:
         problems += check_manifest(name, doc) + workload_problems(name, doc)
-    return problems + serving_problems(documents)
+    return problems + serving_problems(documents) + network_problems(documents)

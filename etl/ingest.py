@@ -17,6 +17,7 @@ import hashlib
 import io
 import logging
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
@@ -61,10 +62,21 @@ class IngestResult:
         return asdict(self)
 
 
-def check_extraction_date(source: str, as_of: date) -> None:
+EARLIEST_EXTRACTION = date(2000, 1, 1)  # an earlier --as-of is a typo, not an HR export
+
+
+def check_extraction_date(source: str, as_of: date, future: bool = True) -> None:
+    """--as-of within [EARLIEST_EXTRACTION, today] and, when the file is named for a date, that date.
+    ``future=False`` leaves the future to the validation gate, which quarantines such a batch."""
     today = datetime.now(timezone.utc).date()
-    if as_of > today:
+    if future and as_of > today:
         raise schema.ContractError(f"{source}: extraction date {as_of} is in the future (today is {today} UTC)")
+    if as_of < EARLIEST_EXTRACTION:
+        raise schema.ContractError(f"{source}: extraction date {as_of} is before {EARLIEST_EXTRACTION}: a typo in --as-of?")
+    named = schema.export_date(source)
+    if named is not None and named != as_of:
+        raise schema.ContractError(f"{source}: the file name says extraction date {named}, --as-of says {as_of}; "
+                                   "ingest it with --as-of matching its name (or rename the file)")
 
 
 def keep_raw(settings: Settings, as_of: date, data: bytes, file_name: str, client=None) -> tuple[str, bool]:
@@ -85,6 +97,9 @@ def to_parquet(table: pa.Table) -> bytes:
 
 def transform(data: bytes, source: str, as_of: date) -> pa.Table:
     raw = schema.read_export(data, source)
+    duplicated = raw.num_rows - pc.count_distinct(raw["EmployeeNumber"]).as_py()
+    if duplicated:  # checked here too, so that --no-validate can never publish two rows for one employee
+        raise schema.ContractError(f"{source}: column EmployeeNumber: {duplicated} duplicated employee number(s)")
     table = features.compute(raw, as_of)
     return table.sort_by(features.ENTITY_KEY)
 
@@ -94,23 +109,29 @@ def _metadata(table: pa.Table, data: bytes) -> dict[str, str]:
 
 
 def stage_features(settings: Settings, data: bytes, source: str, as_of: date, client=None) -> tuple[pa.Table, bytes, str]:
-    """Compute the features and write them to the staging key; return (table, parquet bytes, staging URI)."""
+    """Compute the features and write them to this run's staging key; return (table, parquet bytes, staging URI)."""
     table = transform(data, source, as_of)
     payload = to_parquet(table)
-    written = s3.put_bytes(settings, staging_key(settings, as_of), payload, metadata=_metadata(table, data), s3=client)
+    run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
+    written = s3.put_bytes(settings, staging_key(settings, as_of, run), payload, metadata=_metadata(table, data),
+                           s3=client)
     return table, payload, written.uri
 
 
-def publish(settings: Settings, as_of: date, client=None) -> str:
-    """Promote the staged partition of ``as_of`` with one server-side copy (atomic for readers)."""
+def publish(settings: Settings, as_of: date, staged_uri: str, client=None) -> str:
+    """Promote this run's staged partition of ``as_of`` with one server-side copy (atomic for readers).
+
+    Concurrent runs of one date each publish a complete partition of their own; the last copy is
+    the published version, never a mix, and neither run can delete the other's staged object."""
     client = client or s3.client(settings)
     extra = {"MetadataDirective": "COPY"}
     if settings.s3_sse:
         extra["ServerSideEncryption"] = settings.s3_sse
     key = partition_key(settings, as_of)
-    client.copy({"Bucket": settings.s3_bucket, "Key": staging_key(settings, as_of)}, settings.s3_bucket, key,
-                ExtraArgs=extra, Config=s3.TRANSFER)
-    client.delete_object(Bucket=settings.s3_bucket, Key=staging_key(settings, as_of))
+    _, staged = s3.parse_uri(staged_uri)
+    client.copy({"Bucket": settings.s3_bucket, "Key": staged}, settings.s3_bucket, key, ExtraArgs=extra,
+                Config=s3.TRANSFER)
+    client.delete_object(Bucket=settings.s3_bucket, Key=staged)
     return f"s3://{settings.s3_bucket}/{key}"
 
 
@@ -119,8 +140,7 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
     """Run every ingest step for one export. Raises gate.ValidationFailed (batch quarantined),
     schema.ContractError (unreadable export) or s3.StorageError."""
     started = time.perf_counter()
-    if not validate:
-        check_extraction_date(source, as_of)  # otherwise the gate checks it, and quarantines the batch
+    check_extraction_date(source, as_of, future=not validate)
     data, file_name = s3.read_source(settings, source)
     client = s3.client(settings)
     s3.ensure_bucket(settings, client)
@@ -135,7 +155,7 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
         outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance)
         if not outcome.passed:
             raise gate.ValidationFailed(outcome)
-    features_uri = publish(settings, as_of, client)
+    features_uri = publish(settings, as_of, staged_uri, client)
     active = pc.sum(pc.cast(table[features.ACTIVE], pa.int64())).as_py() or 0
     result = IngestResult(
         as_of=as_of.isoformat(), source=source, rows_in=table.num_rows, rows_out=table.num_rows,

@@ -1,7 +1,7 @@
 """Where each kind of object lives on S3: the one place that spells out keys.
 
     <raw prefix>/extraction_date=D/<sha256[:16]>-<file name>      raw export, as received, never modified
-    staging/<features prefix>/extraction_date=D/part-0.parquet     features awaiting validation
+    staging/<features prefix>/extraction_date=D/<run>.parquet      features awaiting validation, one key per run
     <features prefix>/extraction_date=D/part-0.parquet             published features (what Feast reads)
     <quarantine prefix>/<suite>/extraction_date=D/<run id>/        rejected batches with reason.json
     validation-reports/<suite>/extraction_date=D/<run id>/         Data Docs of every validation
@@ -35,13 +35,20 @@ def partition_key(settings: Settings, as_of: date) -> str:
     return partition_prefix(settings, as_of) + PARTITION_FILE
 
 
-def staging_key(settings: Settings, as_of: date) -> str:
-    return f"staging/{partition_key(settings, as_of)}"
+def staging_key(settings: Settings, as_of: date, run: str) -> str:
+    """Each run stages under a key of its own: two ingests of one date never share (or delete) one."""
+    return f"staging/{partition_prefix(settings, as_of)}{run}.parquet"
+
+
+def staging_prefix(settings: Settings, as_of: date) -> str:
+    return f"staging/{partition_prefix(settings, as_of)}"
 
 
 def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:
+    from etl.schema import safe_name
+
     digest = hashlib.sha256(data).hexdigest()[:16]
-    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{file_name}"
+    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{safe_name(file_name)}"
 
 
 def features_dataset(settings: Settings) -> pads.Dataset:

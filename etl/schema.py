@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 # Column -> Arrow type, in the order the HR system exports them.
@@ -62,6 +64,38 @@ USED_COLUMNS: tuple[str, ...] = (
 )
 
 
+# Exports are named for their extraction date: hr_export_YYYY-MM-DD.csv.
+EXPORT_NAME = re.compile(r"hr_export_(\d{4}-\d{2}-\d{2})\.csv")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def export_date(name: str) -> date | None:
+    """The extraction date an export's file name (or path, or key) states, if it follows the naming."""
+    match = EXPORT_NAME.fullmatch(name.replace("\\", "/").rsplit("/", 1)[-1])
+    if not match:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def safe_name(name: str) -> str:
+    """A file name fit for S3 keys and logs: letters, digits, '.', '_' and '-'; anything else '_'."""
+    cleaned = _UNSAFE.sub("_", name.replace("\\", "/").rsplit("/", 1)[-1])[:200].lstrip(".")
+    return cleaned or "export.csv"
+
+
+# Columns whose cell values may appear in a report, a quarantine reason, a log line or an alert:
+# HR categories and scales that identify nobody. Every other column (pay, demographics, the
+# employee number, anything unknown) is reported by column, rule and count only.
+VALUES_SHOWN: frozenset[str] = frozenset({
+    "Attrition", "BusinessTravel", "Department", "JobRole", "OverTime", "EnvironmentSatisfaction",
+    "JobSatisfaction", "RelationshipSatisfaction", "WorkLifeBalance", "JobInvolvement", "JobLevel",
+    "PerformanceRating", "EmployeeCount", "StandardHours",
+})
+
+
 class ContractError(ValueError):
     """The export does not follow the raw contract. The message names the file, column and problem."""
 
@@ -92,8 +126,23 @@ def check_header(columns: list[str], source: str) -> None:
         raise ContractError(f"{source}: " + "; ".join(problems))
 
 
+# A whole number as the HR system writes one: the gate (expectations.gate) applies the same rule.
+WHOLE_NUMBER = r"^[+-]?[0-9]+$"
+
+
+def normalize(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """What every reader of an export does to a cell first: surrounding whitespace is not data."""
+    return pc.utf8_trim_whitespace(text)
+
+
 def read_export(data: bytes, source: str, columns: tuple[str, ...] | None = USED_COLUMNS) -> pa.Table:
-    """Parse one export's bytes into an Arrow table of ``columns`` (all when None), typed per the contract."""
+    """Parse one export's bytes into an Arrow table of ``columns`` (all when None), typed per the contract.
+
+    Cells are read as text, normalized (``normalize``) and only then typed, exactly as the
+    validation gate reads them, so a file that passes the gate is a file whose features are right:
+    `" Yes"` is `Yes`, and `1.0` or an empty cell in an integer column is refused, never guessed.
+    Errors name the column and count the rows, never echo cell values (they can be pay or age).
+    """
     header = _header(data, source)
     check_header(header, source)
     include = list(columns) if columns is not None else list(RAW_COLUMNS)
@@ -102,7 +151,7 @@ def read_export(data: bytes, source: str, columns: tuple[str, ...] | None = USED
             io.BytesIO(data),
             read_options=pacsv.ReadOptions(encoding="utf8", block_size=16 << 20),
             convert_options=pacsv.ConvertOptions(
-                column_types={c: RAW_COLUMNS[c] for c in include},
+                column_types={c: pa.string() for c in include},
                 include_columns=include,
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
@@ -112,11 +161,26 @@ def read_export(data: bytes, source: str, columns: tuple[str, ...] | None = USED
         raise ContractError(f"{source}: {_explain_arrow_error(str(exc), header)}") from exc
     if table.num_rows == 0:
         raise ContractError(f"{source}: header only, no employee rows")
-    return table
+    typed = []
+    for name in include:
+        text = normalize(table[name])
+        if pa.types.is_integer(RAW_COLUMNS[name]):
+            bad = table.num_rows - pc.sum(pc.match_substring_regex(text, WHOLE_NUMBER)).as_py()
+            if bad:
+                raise ContractError(f"{source}: column {name}: {bad} row(s) empty or not a whole number")
+            text = pc.cast(text, RAW_COLUMNS[name])
+        typed.append(text)
+    return pa.table(typed, names=include)
+
+
+def redact_arrow_error(message: str) -> str:
+    """Arrow's parse errors quote the offending row (age, pay, ...): keep what they say about structure."""
+    return re.sub(r"(got \d+):.*$", r"\1", message.splitlines()[0] if message else message)[:300]
 
 
 def _explain_arrow_error(message: str, header: list[str]) -> str:
     """Arrow names columns by position in the file ('CSV column #18'); say the name."""
+    message = redact_arrow_error(message)
     match = re.search(r"column #(\d+)", message)
     if match and int(match.group(1)) < len(header):
         return f"column {header[int(match.group(1))]}: {message}"

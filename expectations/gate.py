@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from core import s3
 from core.settings import Settings
 from etl.layout import list_partitions, partition_key
-from etl.schema import RAW_COLUMNS
+from etl.schema import RAW_COLUMNS, VALUES_SHOWN, WHOLE_NUMBER, normalize, redact_arrow_error, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,11 @@ def _jsonable(values) -> list:
     return out
 
 
+def shown(column: str, values) -> list:
+    """Sample values of a column, only where its values identify nobody (etl.schema.VALUES_SHOWN)."""
+    return _jsonable(list(values)[:SAMPLE_SIZE]) if column in VALUES_SHOWN else []
+
+
 def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
     """The export as a typed frame for the suite, plus failures found while reading it.
 
@@ -135,14 +140,18 @@ def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
         line = data.count(b"\n", 0, exc.start) + 1
         return None, [Failure("encoding: UTF-8", None, "critical", None, [data[exc.start:exc.end].hex()],
                               detail=f"line {line}, byte {exc.start}: {exc.reason}; re-export the file as UTF-8")]
+    # Every column as text, as the reader does: type inference would turn "1.0" into 1 unseen.
+    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig").split(",")
+    as_text = {name.strip().strip('"'): pa.string() for name in header}
     try:
         table = pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(encoding="utf8"),
-                               convert_options=pacsv.ConvertOptions(column_types={}, strings_can_be_null=False,
+                               convert_options=pacsv.ConvertOptions(column_types=as_text, strings_can_be_null=False,
                                                                     auto_dict_encode=False,
                                                                     include_missing_columns=False),
                                parse_options=pacsv.ParseOptions(newlines_in_values=False))
     except pa.ArrowInvalid as exc:
-        text = str(exc)
+        # Arrow quotes the offending row (age, pay, ...): keep only what it says about the structure.
+        text = redact_arrow_error(str(exc))
         return None, [Failure("row structure", None, "critical", None,
                               detail=f"{text} (a truncated or malformed row)")]
     table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
@@ -154,20 +163,17 @@ def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
     for column, typ in RAW_COLUMNS.items():
         if column not in frame.columns:
             continue
-        text = frame[column].str.strip()
+        text = pd.Series(normalize(pa.chunked_array([pa.array(frame[column], pa.string())])).to_pylist(),
+                         index=frame.index, dtype=object)
         text = text.where(text != "", None)
         if pa.types.is_integer(typ):
-            parsed = pd.to_numeric(text, errors="coerce")
-            bad = text[parsed.isna() & text.notna()]
+            # The reader's rule (etl.schema.WHOLE_NUMBER): "1.0" or "1e3" is refused here, not parsed.
+            whole = text.str.fullmatch(WHOLE_NUMBER.strip("^$")).fillna(False).astype(bool)
+            bad = text[~whole & text.notna()]
             if len(bad):
                 failures.append(Failure("type: integer", column, "critical", int(len(bad)),
-                                        _jsonable(bad.unique()[:SAMPLE_SIZE]), detail="values that are not whole numbers"))
-            non_integral = parsed.notna() & (parsed != parsed.round())
-            if non_integral.any():
-                failures.append(Failure("type: integer", column, "critical", int(non_integral.sum()),
-                                        _jsonable(text[non_integral].unique()[:SAMPLE_SIZE]), detail="fractional values"))
-                parsed = parsed.where(~non_integral)
-            frame[column] = parsed
+                                        shown(column, bad.unique()), detail="values that are not whole numbers"))
+            frame[column] = pd.to_numeric(text.where(whole), errors="coerce")
         else:
             frame[column] = text
     return frame, failures
@@ -213,7 +219,8 @@ def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: 
     definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name=f"{suite_name}_gate", validation_definitions=[definition], actions=actions,
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": SAMPLE_SIZE},
+        # No cell values in results or Data Docs: they are kept on S3 next to the data, beyond raw/.
+        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0},
     ))
     result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
     failures, warnings = [], []
@@ -237,8 +244,7 @@ def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: 
                 detail = f"missing: {missing or 'none'}; unknown: {unknown or 'none'}"
             elif "observed_value" in details:
                 detail = f"{detail}; observed {details['observed_value']}"
-            failure = Failure(config.type, column, severity, details.get("unexpected_count"),
-                              _jsonable(details.get("partial_unexpected_list") or [])[:SAMPLE_SIZE], detail.strip("; "))
+            failure = Failure(config.type, column, severity, details.get("unexpected_count"), [], detail.strip("; "))
             (failures if severity == "critical" else warnings).append(failure)
     report = None
     if docs_dir is not None:
@@ -257,6 +263,23 @@ def previous_row_count(settings: Settings, as_of: date | None) -> int | None:
     head = s3.client(settings).head_object(Bucket=settings.s3_bucket, Key=partition_key(settings, earlier[-1]))
     rows = head.get("Metadata", {}).get("rows")
     return int(rows) if rows else None
+
+
+# More leavers than this in one extraction is a broken export (an HR system that marks everyone as
+# gone), not news: serving it would remove that many employees from the online store at once.
+MAX_LEAVER_SHARE = 0.20
+MIN_ROWS_FOR_LEAVER_SHARE = 50  # below this a share says little (a sample file, a tiny team)
+
+
+def implausible_attrition(frame: pd.DataFrame) -> Failure | None:
+    if "Attrition" not in frame.columns or len(frame) < MIN_ROWS_FOR_LEAVER_SHARE:
+        return None
+    leavers = int((frame["Attrition"] == "Yes").sum())
+    if leavers <= MAX_LEAVER_SHARE * len(frame):
+        return None
+    return Failure("implausible attrition", "Attrition", "critical", leavers, [],
+                   f"{leavers} of {len(frame)} employees ({leavers / len(frame):.0%}) leave in one extraction; "
+                   f"at most {MAX_LEAVER_SHARE:.0%} is plausible")
 
 
 def row_count_bounds(previous: int | None, tolerance: float) -> dict:
@@ -297,6 +320,8 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
     pre_warnings: list[Failure] = []
     if suite == "raw":
         frame, read_failures = load_raw(data)
+        if frame is not None and (attrition := implausible_attrition(frame)):
+            read_failures.append(attrition)
         pre_failures += [f for f in read_failures if f.severity == "critical"]
         pre_warnings += [f for f in read_failures if f.severity != "critical"]
     else:
@@ -322,7 +347,9 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
                                              f"validation-reports/{suite_name}/{partition}/{run_id}", client)
     if quarantine and not outcome.passed:
         prefix = f"{settings.s3_quarantine_prefix}/{suite_name}/{partition}/{run_id}"
-        name = source.rstrip("/").rsplit("/", 1)[-1] or "batch"
+        name = safe_name(source.rstrip("/").rsplit("/", 1)[-1] or "batch")
+        if name == "reason.json":
+            name = "batch-reason.json"  # the batch must never overwrite its own reason
         s3.put_bytes(settings, f"{prefix}/{name}", data, s3=client)
         reason = {"suite": suite_name, "source": source, "extraction_date": outcome.as_of, "rows": outcome.rows,
                   "failures": [asdict(f) for f in outcome.failures], "warnings": [asdict(w) for w in outcome.warnings],

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     chk.add_argument("--model-features", default=None,
                      help="JSON with the model's ordered feature_refs (file or s3:// URI); "
                           "default: the latest model's, if one was published")
+    chk.add_argument("--without-model", action="store_true",
+                     help="compare with the registry only (no S3 access: pull-request checks run without credentials)")
     onl = sub.add_parser("online", help="print online feature vectors in the model's (else the service's) order; "
                                         "exit 1 if any employee cannot be served")
     onl.add_argument("--employee-id", type=int, nargs="+", action="extend", required=True, metavar="N")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         from features import check
         from features.definitions import build
 
-        model_location = args.model_features or check.latest_model_location(settings)
+        model_location = None if args.without_model else args.model_features or check.latest_model_location(settings)
         model = check.load_model_features(settings, model_location) if model_location else None
         breaks = check.compare(store, list(build(settings)), model)
         changed = fs.changed_definitions(store, settings)

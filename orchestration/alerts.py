@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import smtplib
+import urllib.error
+import urllib.parse
 import urllib.request
 from email.message import EmailMessage
 from typing import Any
@@ -27,6 +29,22 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 log = logging.getLogger(__name__)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A webhook that answers with a redirect is a failed delivery: the alert is not re-sent elsewhere."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def webhook_host(url: str) -> str:
+    """What may be logged of a webhook URL: its scheme and host. The path is the secret (Slack)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
 def _destination() -> tuple[str | None, str]:
@@ -74,11 +92,14 @@ def post(alert: dict[str, Any]) -> bool:
         return False
     request = urllib.request.Request(url, data=render(alert, fmt), headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with _OPENER.open(request, timeout=10) as response:
             return 200 <= response.status < 300
+    except urllib.error.HTTPError as exc:
+        log.error("the alert webhook at %s answered HTTP %s (redirects are not followed)", webhook_host(url), exc.code)
     except OSError as exc:
-        log.error("could not deliver the alert to %s: %s", url, exc)
-        return False
+        log.error("could not deliver the alert to the webhook at %s: %s", webhook_host(url),
+                  type(getattr(exc, "reason", exc)).__name__)
+    return False
 
 
 async def post_async(alert: dict[str, Any]) -> bool:
@@ -91,12 +112,15 @@ async def post_async(alert: dict[str, Any]) -> bool:
     if not url:
         return False
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
             response = await client.post(url, content=render(alert, fmt), headers={"Content-Type": "application/json"})
-        return response.is_success
-    except httpx.HTTPError as exc:
-        log.error("could not deliver the alert to %s: %s", url, exc)
+    except httpx.HTTPError as exc:  # its message carries the URL: only the type is logged
+        log.error("could not deliver the alert to the webhook at %s: %s", webhook_host(url), type(exc).__name__)
         return False
+    if not response.is_success:
+        log.error("the alert webhook at %s answered HTTP %s (redirects are not followed)", webhook_host(url),
+                  response.status_code)
+    return response.is_success
 
 
 def task_failure_alert(context: dict[str, Any]) -> dict[str, Any]:

@@ -93,9 +93,10 @@ def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):
         # A writable /tmp on a read-only root filesystem (Feast, pyarrow and botocore write temp files).
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi"))],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
-        # name: selected by the worker NetworkPolicy; redis-client: admitted by the Redis chart's policy.
+        # name: selected by the worker NetworkPolicy; *-client: admitted by the Redis and registry DB policies.
         labels={"app.kubernetes.io/name": "feature-platform-worker", "app.kubernetes.io/part-of": "hr-feature-platform",
-                "app.kubernetes.io/component": spec.task_id, "redis-client": "true"},
+                "app.kubernetes.io/component": spec.task_id, "redis-client": "true",
+                "feast-registry-postgresql-client": "true"},
         get_logs=True,
         on_finish_action="delete_pod",
         startup_timeout_seconds=600,

@@ -7,25 +7,20 @@ same argv runs as a local subprocess or in a Kubernetes pod.
 from __future__ import annotations
 
 import logging
-import re
 from datetime import date
 from pathlib import Path
 
 from core import s3
 from core.settings import Settings
+from etl.schema import export_date
+from etl.schema import safe_name as schema_safe
 
 log = logging.getLogger(__name__)
 
-EXPORT_NAME = re.compile(r"hr_export_(\d{4}-\d{2}-\d{2})\.csv$")
 
 
 class NoExportError(FileNotFoundError):
     """No HR export for the requested date is in the inbox."""
-
-
-def _export_date(name: str) -> date | None:
-    match = EXPORT_NAME.search(name)
-    return date.fromisoformat(match.group(1)) if match else None
 
 
 def list_exports(settings: Settings, inbox: str) -> dict[date, str]:
@@ -36,16 +31,21 @@ def list_exports(settings: Settings, inbox: str) -> dict[date, str]:
         client = s3.client(settings)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                day = _export_date(obj["Key"])
+                day = export_date(obj["Key"])
                 if day:
                     found[day] = f"s3://{bucket}/{obj['Key']}"
     else:
         folder = Path(inbox)
         if folder.is_dir():
             for path in folder.iterdir():
-                day = _export_date(path.name)
-                if day:
-                    found[day] = str(path)
+                day = export_date(path.name)
+                if day is None:
+                    continue
+                if path.is_symlink() or not path.is_file():
+                    log.warning("ignoring %s in the inbox: exports must be regular files, not links or folders",
+                                schema_safe(path.name))
+                    continue
+                found[day] = str(path)
     return dict(sorted(found.items()))
 
 

@@ -87,12 +87,14 @@ class Loop:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.is_set():
+        while True:  # at least one call, however short the foreground work
             try:
                 self.step()
             except Exception as exc:  # noqa: BLE001 - every failure is the finding
                 self.failures.append(f"{type(exc).__name__}: {exc}")
             self.calls += 1
+            if self._stop.is_set():
+                break
 
     def __enter__(self):
         self._thread.start()

@@ -64,3 +64,43 @@ def test_unreachable_receivers_are_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setenv("FP_SMTP_PORT", str(free_port()))
     assert alerts.post({"kind": "task_failed", "title": "t"}) is False
     assert "could not deliver the alert" in caplog.text and "could not email the alert" in caplog.text
+
+
+class Redirector:
+    """A webhook on 127.0.0.1 that answers every POST with a redirect to a second listener."""
+
+    def __init__(self, target: str):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("send", ["sync", "async"])
+def test_the_webhook_secret_is_never_logged_and_redirects_are_not_followed(webhook, monkeypatch, caplog, send):
+    secret_path = "/services/T000/B000/XXXXsecretXXXX"
+    redirector = Redirector(webhook.url)
+    try:
+        for url in (f"http://127.0.0.1:{redirector.port}{secret_path}", f"http://127.0.0.1:{free_port()}{secret_path}"):
+            monkeypatch.setenv("FP_ALERT_WEBHOOK_URL", url)
+            alert = {"kind": "task_failed", "title": "t"}
+            delivered = alerts.post(alert) if send == "sync" else asyncio.run(alerts.post_async(alert))
+            assert delivered is False
+    finally:
+        redirector.server.shutdown()
+    assert webhook.received == [], "the redirect target never receives the alert"
+    assert "answered HTTP 302" in caplog.text and "could not deliver the alert" in caplog.text
+    assert f"http://127.0.0.1:{redirector.port}" in caplog.text
+    assert "XXXXsecretXXXX" not in caplog.text and "/services/" not in caplog.text

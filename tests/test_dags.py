@@ -107,6 +107,13 @@ def test_dag_documents_itself_and_has_a_form(dags, dag_id):
             assert params.get_param(name).schema.get("format") == "date", f"{name}: dates get a date picker"
 
 
+@pytest.mark.parametrize("dag_id", ["hr_feature_pipeline", "feature_backfill", "attrition_training"])
+def test_every_task_has_a_bounded_run_time(dags, dag_id):
+    """A hung S3, Redis or registry becomes a failed task with a message, never a run that waits forever."""
+    for task in dags[dag_id].tasks:
+        assert task.execution_timeout is not None and task.execution_timeout.total_seconds() <= 4 * 3600, task.task_id
+
+
 def test_training_follows_the_features_asset(dags):
     training = dags["attrition_training"]
     assert "employee_features" in str(training.timetable.asset_condition)

@@ -119,6 +119,13 @@ def test_planted_serving_mistakes_are_caught(case):
     assert re.search(expected, "\n".join(map(str, problems))), problems
 
 
+def test_the_network_is_default_deny_and_the_stores_admit_only_clients():
+    documents = check.manifests()
+    assert check.network_problems(documents) == []
+    without_deny = [(n, d) for n, d in documents if d["metadata"]["name"] != "default-deny"]
+    assert "no default-deny NetworkPolicy" in str(check.network_problems(without_deny))
+
+
 def test_redis_policy_suits_feast_keys():
     merged, _ = check.release_values("redis")
     assert "maxmemory-policy noeviction" in merged["commonConfiguration"]

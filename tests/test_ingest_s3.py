@@ -118,3 +118,61 @@ def test_killed_writer_leaves_previous_partition_readable(stack, exports):
     assert after.equals(before), "the partition readers see is the previous one, intact"
     for upload in client.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=key).get("Uploads", []):
         client.abort_multipart_upload(Bucket=stack.s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--as-of", "1900-01-01"], "extraction date 1900-01-01 is before 2000-01-01"),
+    (["--as-of", "2026-09-30"], "the file name says extraction date 2026-10-31, --as-of says 2026-09-30"),
+])
+def test_implausible_extraction_dates_are_refused_before_anything_is_written(stack, exports, args, message):
+    as_of = args[1]
+    proc = run_cli("etl", "ingest", str(exports[-1]), *args, "--no-validate")
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if as_of == "1900-01-01":
+        assert s3.list_keys(stack, partition_prefix(stack, date(1900, 1, 1))) == []
+
+
+def test_no_validate_never_publishes_duplicate_employees(stack, exports, tmp_path):
+    lines = exports[-1].read_text().splitlines()
+    header = lines[0].split(",")
+    key = header.index("EmployeeNumber")
+    second = lines[2].split(",")
+    second[key] = lines[1].split(",")[key]
+    day = date(2026, 6, 30)
+    path = tmp_path / export_name(day)
+    path.write_text("\n".join([lines[0], lines[1], ",".join(second), *lines[3:]]) + "\n")
+    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    assert proc.returncode == 2 and "column EmployeeNumber: 1 duplicated employee number(s)" in proc.stderr
+    assert s3.list_keys(stack, partition_prefix(stack, day)) == []
+
+
+def test_concurrent_ingests_of_one_date_publish_one_complete_version(stack, exports, tmp_path):
+    """Each run stages under its own key: no run deletes another's staging object or fails with a 404."""
+    day = date(2026, 5, 31)
+    lines = exports[0].read_text().splitlines()
+    versions = {}
+    for name, keep in (("a", len(lines)), ("b", len(lines) - 7)):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / export_name(day)
+        path.write_text("\n".join(lines[:keep]) + "\n")
+        versions[name] = keep - 1
+    procs = [subprocess.Popen([sys.executable, "-m", "etl", "ingest", str(tmp_path / n / export_name(day)),
+                               "--as-of", day.isoformat(), "--no-validate"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in versions]
+    outcomes = [(p.wait(120), p.stderr.read()) for p in procs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    assert layout.read_partition(stack, day).num_rows in set(versions.values())
+    assert s3.list_keys(stack, layout.staging_prefix(stack, day)) == [], "each run removed its own staging object"
+
+
+def test_links_and_folders_are_refused_as_exports(stack, exports, tmp_path):
+    link = tmp_path / export_name(date(2026, 10, 31))
+    link.symlink_to(exports[-1])
+    for source, message in ((link, "a symbolic link"), (tmp_path, "a directory")):
+        proc = run_cli("etl", "ingest", str(source), "--as-of", "2026-10-31", "--no-validate")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    from pipeline import steps
+
+    assert steps.list_exports(stack, str(tmp_path)) == {}, "the inbox listing skips links too"

@@ -48,8 +48,34 @@ def test_wrong_type_names_the_column(good_csv):
     cells = lines[1].split(",")
     cells[list(RAW_COLUMNS).index("MonthlyIncome")] = "abc"
     lines[1] = ",".join(cells)
-    with pytest.raises(ContractError, match="export.csv: column MonthlyIncome: .*abc"):
+    with pytest.raises(ContractError, match="export.csv: column MonthlyIncome: 1 row\\(s\\) empty or not a whole number") as bad:
         read_export("\n".join(lines).encode(), "export.csv")
+    assert "abc" not in str(bad.value), "cell values (pay, here) are never echoed"
+
+
+def _with_cells(good_csv: bytes, column: str, change) -> bytes:
+    lines = good_csv.decode().splitlines()
+    index = list(RAW_COLUMNS).index(column)
+    rows = [line.split(",") for line in lines[1:]]
+    for number, cells in enumerate(rows):
+        cells[index] = change(number, cells[index])
+    return "\n".join([lines[0], *(",".join(c) for c in rows)]).encode() + b"\n"
+
+
+def test_padded_categories_read_as_the_gate_reads_them(good_csv):
+    """' Yes' and 'Yes ' are Yes: the reader normalizes cells exactly as the validation gate does."""
+    plain = read_export(good_csv, "plain.csv")
+    padded = _with_cells(_with_cells(good_csv, "Attrition", lambda i, v: f" {v}" if i % 2 else f"{v} "),
+                         "OverTime", lambda i, v: f"  {v}\t")
+    assert read_export(padded, "padded.csv").equals(plain)
+    assert "Yes" in plain["Attrition"].to_pylist() and "Yes" in plain["OverTime"].to_pylist()
+
+
+@pytest.mark.parametrize("column, value", [("EmployeeNumber", "1.0"), ("MonthlyIncome", ""), ("YearsAtCompany", "1e1")])
+def test_integers_that_are_not_whole_numbers_are_refused(good_csv, column, value):
+    broken = _with_cells(good_csv, column, lambda i, v: value if i == 0 else v)
+    with pytest.raises(ContractError, match=f"column {column}: 1 row"):
+        read_export(broken, "x.csv")
 
 
 def test_empty_and_header_only(good_csv):

@@ -234,9 +234,10 @@ def test_metrics_parse_as_prometheus_text(served):
     assert "attrition_api_served_features_age_seconds" in families
 
 
-def test_feature_server_reads_never_fail_during_a_nightly_run(served, exports, tmp_path):
-    """The reader loop of the serving-never-dark guarantee, through the feature server over HTTP."""
-    settings, _, feature_server, _, _ = served
+def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, exports, tmp_path):
+    """The reader loop of the serving-never-dark guarantee, through the feature server over HTTP,
+    during a nightly run, a correction of the latest date, a backfill and a run that fails on S3."""
+    settings, _, _, _, _ = served
     local = replace(isolated(settings, tmp_path, "httpn"), materialize_batch_size=10)
     ingest_exports(local, exports[:-1])
     store = fs.open_store(local)
@@ -259,11 +260,35 @@ def test_feature_server_reads_never_fail_during_a_nightly_run(served, exports, t
         online.assemble(online.parse_response(body.json()), list(spec.FEATURE_NAMES), roster.refresh(),
                         timedelta(days=45), night)
 
+    def correction():
+        lines = exports[-1].read_text().splitlines()
+        column = lines[0].split(",").index("WorkLifeBalance")
+        rows = [line.split(",") for line in lines[1:]]
+        for row in rows[:40]:
+            row[column] = "1" if row[column] != "1" else "2"
+        path = tmp_path / exports[-1].name
+        path.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+        ingest_exports(local, [path])
+        fs.materialize(store, local, night, refresh=latest)
+
+    def failing():
+        broken_settings = replace(local, s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
+        broken = fs.open_store(broken_settings)
+        try:
+            with pytest.raises(Exception):
+                fs.materialize(broken, broken_settings, night + timedelta(hours=1), refresh=latest)
+        finally:
+            fs.open_store(local)
+
+    runs = {"nightly": lambda: fs.materialize(store, local, night, refresh=latest), "correction": correction,
+            "backfill": lambda: fs.materialize(store, local, first + timedelta(days=1), start=first),
+            "failing on S3": failing}
     try:
         read()
-        with Loop(read) as reader:
-            fs.materialize(store, local, night, refresh=latest)
-        assert reader.calls >= 3 and reader.failures == [], (reader.calls, reader.failures[:3])
+        for name, run in runs.items():
+            with Loop(read) as reader:
+                run()
+            assert reader.calls >= 1 and reader.failures == [], (name, reader.calls, reader.failures[:3])
         assert roster.refresh().extraction == latest
     finally:
         http.close()

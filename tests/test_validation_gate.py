@@ -15,7 +15,7 @@ from conftest import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
 from etl import layout
-from etl.layout import partition_key, staging_key
+from etl.layout import partition_key, staging_prefix
 from expectations import gate
 
 pytestmark = pytest.mark.integration
@@ -87,6 +87,10 @@ CASES = {
     "non-UTF-8 bytes": (lambda d: d.replace(b"Sales", b"S\xe4les", 3), None, "encoding: UTF-8"),
     "half the rows": (lambda d: b"\n".join(d.split(b"\n")[: len(d.split(b"\n")) // 2]) + b"\n", None,
                       "expect_table_row_count_to_be_between"),
+    "everyone leaving": (lambda d: edit(d, set_cells("Attrition", "Yes", rows=slice(None))), "Attrition",
+                         "implausible attrition"),
+    "EmployeeNumber 1.0": (lambda d: edit(d, set_cells("EmployeeNumber", "1.0", rows=slice(0, 1))), "EmployeeNumber",
+                           "type: integer"),
 }
 
 
@@ -131,6 +135,21 @@ def test_bad_export_is_stopped_quarantined_and_not_served(case, gate_settings, g
         assert b"<html" in s3.get_bytes(gate_settings, report_key)[:2000].lower()
 
 
+def test_padded_categories_publish_the_true_counts(gate_settings, good_export, tmp_path):
+    """' Yes' passes the gate and is read as Yes by the features: both read the same normalized cells."""
+    frame = frame_of(good_export)
+    truth = ((frame["Attrition"] == "Yes").sum(), (frame["OverTime"] == "Yes").sum())
+    frame["Attrition"] = " " + frame["Attrition"]
+    frame["OverTime"] = frame["OverTime"] + " "
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(csv_of(frame))
+    result = ing.ingest(gate_settings, str(path), BAD_DAY)
+    published = layout.read_partition(gate_settings, BAD_DAY).to_pandas()
+    assert (result.leavers, int(published["overtime"].sum())) == truth
+    assert int((~published["is_active"]).sum()) == truth[0]
+    s3.client(gate_settings).delete_object(Bucket=gate_settings.s3_bucket, Key=partition_key(gate_settings, BAD_DAY))
+
+
 def test_future_extraction_date_is_refused(gate_settings, good_export, tmp_path):
     future = date.today() + timedelta(days=3)
     path = tmp_path / f"hr_export_{future}.csv"
@@ -158,7 +177,7 @@ def test_good_export_passes_both_suites_and_is_published(gate_settings, good_exp
     result = ing.ingest(gate_settings, str(path), BAD_DAY)
     assert result.validated
     assert s3.exists(gate_settings, partition_key(gate_settings, BAD_DAY))
-    assert not s3.exists(gate_settings, staging_key(gate_settings, BAD_DAY)), "staging is cleaned up"
+    assert s3.list_keys(gate_settings, staging_prefix(gate_settings, BAD_DAY)) == [], "staging is cleaned up"
     s3.client(gate_settings).delete_object(Bucket=gate_settings.s3_bucket, Key=partition_key(gate_settings, BAD_DAY))
 
 
@@ -167,7 +186,8 @@ def test_warning_expectations_report_without_blocking(gate_settings, good_export
     path.write_bytes(edit(good_export, set_cells("MonthlyIncome", "60000", rows=slice(0, 1))))
     outcome = gate.validate(gate_settings, "raw", str(path), as_of=BAD_DAY, quarantine=False)
     assert outcome.passed, outcome.message()
-    assert any(w.column == "MonthlyIncome" and w.sample == [60000] for w in outcome.warnings)
+    assert any(w.column == "MonthlyIncome" and w.unexpected_count == 1 and w.sample == [] for w in outcome.warnings), \
+        "pay is reported by column, rule and count, never by value"
 
 
 def test_bad_features_partition_fails_the_features_suite(gate_settings, tmp_path):
@@ -206,3 +226,34 @@ def test_the_published_ibm_export_passes_both_suites(gate_settings):
     rows = {r["employee_id"]: r for r in ing.transform(path.read_bytes(), str(path), GOOD_DAY).to_pylist()}
     assert rows[1]["salary_band"] == 2 and rows[1]["overtime"] == 1 and rows[1]["is_active"] is False
     assert rows[1]["overall_satisfaction"] == (2 + 4 + 1 + 1) / 4
+
+
+def test_pay_and_demographics_leave_no_trace_outside_raw_and_quarantine(gate_settings, good_export, tmp_path, caplog):
+    """Distinctive salaries and ages in a failing export: reason.json, the Data Docs (local and on
+    S3), the logs and the alert body carry rules, columns and counts, never those values."""
+    from orchestration import alerts
+
+    def change(frame):
+        frame.loc[frame.index[:4], "MonthlyIncome"] = "987654"
+        frame.loc[frame.index[4:6], "Age"] = "4242x"
+        frame.loc[frame.index[:2], "JobSatisfaction"] = "0"
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(edit(good_export, change))
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(gate.ValidationFailed) as raised:
+            ing.ingest(gate_settings, str(path), BAD_DAY)
+    outcome = raised.value.outcome
+    assert {f.column for f in outcome.failures} >= {"Age", "JobSatisfaction"}
+    _, prefix = s3.parse_uri(outcome.quarantine_uri)
+    reason = s3.get_bytes(gate_settings, f"{prefix}reason.json").decode()
+    _, report_key = s3.parse_uri(outcome.report_uri)
+    report_prefix = report_key.rsplit("/", 1)[0]
+    reports = [s3.get_bytes(gate_settings, k).decode(errors="replace") for k in s3.list_keys(gate_settings, report_prefix)]
+    local_docs = [p.read_text(errors="replace") for p in
+                  (gate_settings.local_dir / "reports" / "data_docs").rglob("*.html")]
+    alert = alerts.render({"kind": "task_failed", "title": "validate_raw failed", "error": str(raised.value)}, "slack")
+    for name, text in [("reason.json", reason), ("the error", str(raised.value)), ("logs", caplog.text),
+                       ("alert", alert.decode()), *((f"report {i}", r) for i, r in enumerate(reports)),
+                       *((f"local docs {i}", d) for i, d in enumerate(local_docs))]:
+        assert "987654" not in text and "4242" not in text, f"a salary or an age is in {name}"
+    assert path.read_bytes() == s3.get_bytes(gate_settings, f"{prefix}{path.name}"), "quarantine keeps the batch"
