@@ -6,7 +6,9 @@ Re-ingests and re-materializes a range of extraction dates, safely and idempoten
 1. **plan**: the exports in the inbox dated within [*start_date*, *end_date*];
 2. **reingest** (one mapped task per export, when *reingest* is on): keep raw, validate, publish,
    exactly as the nightly pipeline does; re-running a date replaces its partition;
-3. **materialize_window**: `python -m features materialize START END` over the event-time window.
+3. **apply_definitions**: `feast apply`, only when the feature definitions changed (on a fresh
+   registry, the first backfill registers them);
+4. **materialize_window**: `python -m features materialize START END` over the event-time window.
 
 Why not `materialize-incremental`: incremental windows are on event time, so a row that lands for
 an already-materialized window never reaches Redis that way. The explicit window does, and it
@@ -86,6 +88,13 @@ def feature_backfill():
         print(result.summary())
         return result.features_uri
 
+    @task(trigger_rule="none_failed")
+    def apply_definitions() -> list[str]:
+        from features import store as fs
+
+        settings = settings_mod.load()
+        return fs.apply(fs.open_store(settings), settings, only_if_changed=True)
+
     planned = plan()
     loaded = reingest.expand(export=exports_of(planned))
     materialize = worker_task(
@@ -95,7 +104,7 @@ def feature_backfill():
         settings_mod.load(),
         trigger_rule="none_failed",
     )
-    loaded >> materialize
+    loaded >> apply_definitions() >> materialize
 
 
 feature_backfill_dag = feature_backfill()

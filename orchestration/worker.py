@@ -8,6 +8,7 @@ environment. ``worker_spec`` is what both are built from, so a test can render b
 from __future__ import annotations
 
 import logging
+from collections import deque
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+OUTPUT_LINES_ON_FAILURE = 30
 SECRET_NAME = "feature-platform-credentials"  # keys: deploy/k8s/secrets.example.yaml
 
 
@@ -59,11 +61,15 @@ class LocalCommandOperator(BaseOperator):
         self.log.info("running: %s", " ".join(argv))
         proc = subprocess.Popen(argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+        tail: deque[str] = deque(maxlen=OUTPUT_LINES_ON_FAILURE)
         for line in proc.stdout:
             self.log.info("%s", line.rstrip())
+            tail.append(line.rstrip())
         code = proc.wait()
         if code != 0:
-            raise RuntimeError(f"`{' '.join(self.argv)}` exited with status {code}; its output is above")
+            # The step's own last lines travel with the failure, whatever the task log's level.
+            last = "\n".join(tail)
+            raise RuntimeError(f"`{' '.join(self.argv)}` exited with status {code}; its last output lines:\n{last}")
 
 
 def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):

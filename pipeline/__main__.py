@@ -1,10 +1,15 @@
-"""`python -m pipeline demo`: the nightly job end to end, as Airflow runs it, on this machine.
+"""`python -m pipeline demo`: the whole system once, end to end, as Airflow runs it, on this machine.
 
-Generates a synthetic HR history into the inbox when it is empty, then runs the nightly DAG
-`hr_feature_pipeline` in-process (Airflow's `dag.test()`, metadata in a local SQLite DB) on the
-current configuration: keep raw -> validate -> features -> validate -> publish -> feast apply ->
-materialize-incremental -> online store checks. It ends by printing one employee's online feature
-vector in the feature service's declared order.
+1. synthetic HR history into the inbox when it is empty (36 monthly exports);
+2. `feature_backfill` publishes and loads every export but the newest (history);
+3. `hr_feature_pipeline`, the nightly job, publishes the newest export and loads it into Redis;
+4. `attrition_training`, which the nightly run's Asset triggers in production, trains and promotes
+   a model on point-in-time correct history;
+5. the serving stack (`make serve`): the read-only feature server and the inference API;
+6. one active employee's prediction, fetched over HTTP from the API as an HR application would.
+
+The DAGs run in this process (Airflow's `dag.test()`, metadata in `.local/airflow/`); heavy steps
+run as the same subprocess commands a worker pod runs.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import argparse
 import json
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,42 +28,80 @@ from core import settings as settings_mod
 from etl import generate as gen
 from pipeline import steps
 
+STEPS = 6
+
+
+def _run(local_airflow, settings, step: int, dag_id: str, what: str, conf: dict) -> bool:
+    started = time.perf_counter()
+    print(f"[{step}/{STEPS}] {what}: DAG {dag_id}", flush=True)
+    run_id, state = local_airflow.run_dag(dag_id, conf=conf)
+    for task_id, task_state in local_airflow.task_states(dag_id, run_id).items():
+        print(f"      {task_id:28} {task_state}")
+    print(f"      run {run_id}: {state} in {time.perf_counter() - started:.0f}s", flush=True)
+    if state != "success":
+        print(f"{dag_id} did not succeed; task logs: {settings.local_dir / 'airflow' / 'logs'}", file=sys.stderr)
+    return state == "success"
+
 
 def demo(inbox: Path, employees: int, months: int, employee_id: int | None) -> int:
     settings = settings_mod.load()
     started = time.perf_counter()
     today = datetime.now(timezone.utc).date()
-    if not steps.list_exports(settings, str(inbox)):
-        print(f"[1/4] generating {months} monthly HR exports for ~{employees} employees into {inbox}")
+    exports = steps.list_exports(settings, str(inbox))
+    if not exports:
+        print(f"[1/{STEPS}] generating {months} monthly HR exports for ~{employees} employees into {inbox}", flush=True)
         gen.generate(inbox, employees, months, gen.previous_month_end(today))
+        exports = steps.list_exports(settings, str(inbox))
     else:
-        print(f"[1/4] using the HR exports already in {inbox}")
+        print(f"[1/{STEPS}] using the {len(exports)} HR exports already in {inbox}")
+    dates = sorted(exports)
 
     from orchestration import local_airflow  # sets Airflow's environment before Airflow is imported
 
     local_airflow.configure(settings)
-    print(f"[2/4] Airflow metadata DB in {settings.local_dir / 'airflow'}")
     local_airflow.ensure_metadata_db()
-    print("[3/4] running DAG hr_feature_pipeline (nightly job) in-process")
-    run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox.resolve())})
-    for task_id, task_state in local_airflow.task_states("hr_feature_pipeline", run_id).items():
-        print(f"      {task_id:28} {task_state}")
-    print(f"      run {run_id}: {state}")
-    if state != "success":
-        print(f"the nightly run did not succeed; task logs: {settings.local_dir / 'airflow' / 'logs'}", file=sys.stderr)
+    inbox_conf = str(inbox.resolve())
+    if len(dates) > 1 and not _run(local_airflow, settings, 2, "feature_backfill",
+                                   f"history: {len(dates) - 1} exports, {dates[0]} .. {dates[-2]}",
+                                   {"start_date": dates[0].isoformat(), "end_date": dates[-2].isoformat(),
+                                    "inbox": inbox_conf, "reingest": True, "max_exports": 1000}):
+        return 1
+    if not _run(local_airflow, settings, 3, "hr_feature_pipeline", f"the nightly job, export of {dates[-1]}",
+                {"inbox": inbox_conf}):
+        return 1
+    if not _run(local_airflow, settings, 4, "attrition_training", "training on the fresh features", {}):
         return 1
 
+    import devstack
     from features import online
-    from features import store as fs
+    from serving import token
+    from training import model
 
-    store = fs.open_store(settings)
-    roster = online.served_roster(settings)
-    chosen = employee_id if employee_id is not None else roster.active_ids()[0]
-    refs = online.served_refs(store, settings)
-    vector = online.online_vectors(store, settings, [chosen], refs=refs, roster=roster)[chosen]
-    print(f"[4/4] online feature vector of employee {chosen} ({online.FEATURE_SERVICE}, in the model's order):")
-    print(json.dumps(dict(zip(online.names_of(refs), vector)), indent=2))
-    print(f"done in {time.perf_counter() - started:.1f}s")
+    print(f"[5/{STEPS}] serving: feature server {settings.feature_server_url}, inference API on port "
+          f"{settings.api_port}", flush=True)
+    for status in devstack.up_serving(settings):
+        print(f"      {status.name:16} {status.url}  ({status.detail})")
+    chosen = employee_id if employee_id is not None else online.served_roster(settings).active_ids()[0]
+    url = f"http://127.0.0.1:{settings.api_port}/v1/employees/{chosen}/attrition"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.resolve(settings)}"})
+    deadline = time.monotonic() + 60
+    while True:  # the API picks up the newly promoted model within FP_API_REFRESH_SECONDS
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answer = json.loads(response.read())
+            break
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            if exc.code != 503 or time.monotonic() > deadline:
+                print(f"the inference API answered {exc.code}: {body}", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    pointer_auc = model.load_latest(settings).roc_auc
+    print(f"[6/{STEPS}] GET {url}")
+    print(json.dumps({**answer, "model_roc_auc_on_later_extractions": round(pointer_auc, 3)}, indent=2))
+    print(f"done in {time.perf_counter() - started:.0f}s; the API and the feature server keep running "
+          f"(`make down` stops them); try it: curl -s -H \"Authorization: Bearer $(cat "
+          f"{token.local_token_file(settings)})\" {url}")
     return 0
 
 
@@ -64,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="run the nightly job once, end to end, and show its result")
+    d = sub.add_parser("demo", help="history, the nightly job, training and a prediction over HTTP, end to end")
     d.add_argument("--inbox", type=Path, default=Path("data/exports"), help="folder of HR exports")
     d.add_argument("--employees", type=int, default=2000)
     d.add_argument("--months", type=int, default=36)
-    d.add_argument("--employee-id", type=int, default=None, help="whose vector to show (default: first active)")
+    d.add_argument("--employee-id", type=int, default=None, help="whose prediction to show (default: first active)")
     args = parser.parse_args(argv)
     logsetup.setup("WARNING")
     return demo(args.inbox, args.employees, args.months, args.employee_id)

@@ -223,3 +223,15 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
     assert alerts and alerts[0]["task_id"] == "validate_raw" and alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert "JobSatisfaction" in alerts[0]["error"] and alerts[0]["run_id"] == run_id
     assert alerts[0]["log_url"]
+
+
+def test_a_failed_worker_step_carries_its_own_output():
+    """Whatever the task log's level, the failure says what the step printed last."""
+    from orchestration.worker import LocalCommandOperator
+
+    operator = LocalCommandOperator(task_id="step", argv=["python", "-c", "print('reading s3://x'); "
+                                                          "print('error: registry unreachable'); raise SystemExit(3)"],
+                                    env={})
+    with pytest.raises(RuntimeError, match="exited with status 3; its last output lines:\nreading s3://x\n"
+                                           "error: registry unreachable"):
+        operator.execute({})
