@@ -17,7 +17,7 @@ import boto3
 import pyarrow.fs as pafs
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 from core.settings import Settings
 
@@ -117,7 +117,18 @@ def read_source(settings: Settings, source: str) -> tuple[bytes, str]:
     """Bytes and file name of a local path or an s3:// URI."""
     if source.startswith("s3://"):
         bucket, key = parse_uri(source)
-        body = client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        if not bucket or not key or key.endswith("/") or ".." in key.split("/"):
+            raise StorageError(f"{source}: expected s3://bucket/path/to/file, without '..'")
+        try:
+            body = client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            what = {"NoSuchKey": "no such object", "NoSuchBucket": "no such bucket",
+                    "AccessDenied": "access denied"}.get(code, code or "refused")
+            raise StorageError(f"{source}: {what}") from None
+        except (BotoCoreError, OSError) as exc:
+            raise StorageError(f"{source}: S3 at {settings.s3_endpoint_url or 'AWS'} unreachable "
+                               f"({type(exc).__name__})") from None
         return body, key.rsplit("/", 1)[-1]
     path = Path(source)
     if path.is_symlink():

@@ -136,12 +136,15 @@ class Settings:
         return ",".join(parts)
 
     def feast_env(self) -> dict[str, str]:
-        """Variables that features/feature_store.yaml expands (it has no defaults of its own)."""
+        """Variables that features/feature_store.yaml expands (it has no defaults of its own).
+
+        Named apart from the settings themselves: exporting them for one Settings object (a test's,
+        say) must never change what a later ``load()`` in the same process reads."""
         return {
-            "FP_FEAST_PROJECT": self.feast_project,
+            "FP_FEAST_REPO_PROJECT": self.feast_project,
             "FP_FEAST_REGISTRY_URL": self.registry_url,
             "FP_FEAST_REDIS_CONNECTION": self.redis_connection_string,
-            "FP_MATERIALIZE_BATCH_SIZE": str(self.materialize_batch_size),
+            "FP_FEAST_BATCH_SIZE": str(self.materialize_batch_size),
         }
 
     def worker_env(self) -> dict[str, str]:

@@ -2,8 +2,8 @@
 ### Attrition model training
 
 Runs whenever the nightly pipeline announces fresh features (the `employee_features` Asset) and
-from the UI. `python -m training train` builds labels from the HR exports (left within the horizon
-after each extraction), pulls a point-in-time correct training set through the feature service
+from the UI. `python -m training train` builds labels from the HR exports (left within the next
+*horizon* extractions), pulls a point-in-time correct training set through the feature service
 `attrition_model_v1`, trains and evaluates on a time-based split, and stores the model with its
 ordered feature list, fingerprints, metrics and model card under `models/attrition/<version>/`.
 The `latest` pointer moves only when the model passes the quality gate (ROC AUC).
@@ -42,13 +42,13 @@ FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, grou
         "on_failure_callback": alerts.AlertNotifier(),
     },
     params={
-        "horizon_days": Param(182, type="integer", minimum=30, maximum=730, title="Label horizon (days)",
-                              description="An employee counts as leaving if they leave within this many days "
-                                          "of an extraction."),
+        "horizon_extractions": Param(6, type="integer", minimum=1, maximum=24, title="Label horizon (extractions)",
+                                     description="An employee counts as leaving if they leave within this many "
+                                                 "later extractions (6 monthly exports: about six months)."),
     },
 )
 def attrition_training():
-    worker_task("train_model", ["python", "-m", "training", "train", "--horizon-days", "{{ params.horizon_days }}"],
+    worker_task("train_model", ["python", "-m", "training", "train", "--horizon-extractions", "{{ params.horizon_extractions }}"],
                 SETTINGS, resources=Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"))
 
 

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = gate.validate(settings, args.suite, args.batch, as_of=args.as_of, previous_rows=args.previous_rows,
                                 row_tolerance=args.row_tolerance, quarantine=not args.no_quarantine)
-    except (FileNotFoundError, StorageError) as exc:
+    except (FileNotFoundError, StorageError, gate.UnreadableBatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(outcome.as_dict(), indent=2, default=str) if args.json else outcome.message())

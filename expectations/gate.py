@@ -179,8 +179,16 @@ def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
     return frame, failures
 
 
+class UnreadableBatch(ValueError):
+    """The batch is not what its suite validates (a CSV given to the features suite, say)."""
+
+
 def load_features(data: bytes) -> pd.DataFrame:
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    try:
+        return pq.read_table(io.BytesIO(data)).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnreadableBatch(f"not a Parquet features partition ({redact_arrow_error(str(exc))}); "
+                              "the features suite validates part-0.parquet files, the raw suite CSV exports") from None
 
 
 # --- running the suite -------------------------------------------------------------------------

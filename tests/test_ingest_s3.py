@@ -176,3 +176,15 @@ def test_links_and_folders_are_refused_as_exports(stack, exports, tmp_path):
     from pipeline import steps
 
     assert steps.list_exports(stack, str(tmp_path)) == {}, "the inbox listing skips links too"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("s3://{bucket}/inbox/hr_export_2026-10-31.csv", "no such object"),
+    ("s3://fp-no-such-bucket-{bucket}/hr_export_2026-10-31.csv", "no such bucket"),
+    ("s3://{bucket}/inbox/../hr_export_2026-10-31.csv", "without '..'"),
+])
+def test_storage_errors_are_one_line_with_exit_3(stack, source, message):
+    proc = run_cli("etl", "ingest", source.format(bucket=stack.s3_bucket), "--as-of", "2026-10-31")
+    assert proc.returncode == 3, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

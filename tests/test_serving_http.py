@@ -71,7 +71,7 @@ def served(stack, exports, tmp_path_factory):
     store = fs.open_store(settings)
     fs.apply(store, settings)
     fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=timedelta(days=62))
+    result = model.train(store, settings, horizon=2)
     if not result.promoted:
         model.promote(settings, result.version)  # the quality gate is not what these tests are about
     feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], _env(settings),

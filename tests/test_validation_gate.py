@@ -257,3 +257,11 @@ def test_pay_and_demographics_leave_no_trace_outside_raw_and_quarantine(gate_set
                        *((f"local docs {i}", d) for i, d in enumerate(local_docs))]:
         assert "987654" not in text and "4242" not in text, f"a salary or an age is in {name}"
     assert path.read_bytes() == s3.get_bytes(gate_settings, f"{prefix}{path.name}"), "quarantine keeps the batch"
+
+
+def test_a_csv_given_to_the_features_suite_is_a_clear_error(good_export, tmp_path):
+    path = tmp_path / "hr_export_2026-10-31.csv"
+    path.write_bytes(good_export)
+    proc = run_cli("expectations", "validate", "--suite", "features", str(path), "--no-quarantine")
+    assert proc.returncode == 2 and "not a Parquet features partition" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

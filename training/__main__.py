@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import timedelta
 
 from core import log as logsetup
 from core import settings as settings_mod
@@ -27,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train, evaluate and store a model; promote it if it passes the gate")
-    t.add_argument("--horizon-days", type=int, default=dataset.HORIZON.days,
-                   help=f"label: left within this many days of the extraction (default {dataset.HORIZON.days})")
+    t.add_argument("--horizon-extractions", type=int, default=dataset.HORIZON,
+                   help=f"label: leaves within this many later extractions (default {dataset.HORIZON})")
     p = sub.add_parser("predict", help="score employees from their online features")
     p.add_argument("--employee-id", type=int, action="append", required=True)
     s = sub.add_parser("skew-check", help="compare online and offline values and event times, exactly")
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     store = fs.open_store(settings)
     try:
         if args.command == "train":
-            result = model.train(store, settings, horizon=timedelta(days=args.horizon_days))
+            result = model.train(store, settings, horizon=args.horizon_extractions)
             print(result.summary())
             return 0 if result.promoted else 1
         if args.command == "predict":

@@ -1,9 +1,10 @@
 """Labels from the HR exports and point-in-time correct training sets from the offline store.
 
 A label row is (employee_id, event_timestamp = an extraction date t, label): label is 1 when the
-employee left within HORIZON after t (their leaving extraction L satisfies t < L <= t + HORIZON).
-Rows whose horizon runs past the newest extraction are dropped (the outcome is not known yet),
-and so are rows where the employee had already left at t. Features are joined by Feast's
+employee leaves within the next HORIZON extractions after t (their leaving extraction L is one of
+them). The horizon counts extractions, not days, so every label time sees the same number of later
+exports whatever the months' lengths. Rows whose horizon runs past the newest extraction are
+dropped (the outcome is not known yet), and so are rows where the employee had already left at t. Features are joined by Feast's
 ``get_historical_features`` on the feature service: only values with event time <= t, within TTL.
 """
 
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import timedelta
-
 import pandas as pd
 from feast import FeatureStore
 
@@ -23,7 +22,7 @@ from features import online
 
 log = logging.getLogger(__name__)
 
-HORIZON = timedelta(days=182)  # "leaves within about six months"
+HORIZON = 6  # extractions: "leaves within the next six monthly exports"
 LABEL = "label"
 
 
@@ -35,22 +34,26 @@ def features_table(settings: Settings, columns: list[str]):
     return features_dataset(settings).to_table(columns=columns)
 
 
-def build_labels(settings: Settings, horizon: timedelta = HORIZON) -> pd.DataFrame:
+def build_labels(settings: Settings, horizon: int = HORIZON) -> pd.DataFrame:
     """The entity dataframe of label rows, oldest first (see the module docstring)."""
+    if horizon < 1:
+        raise DatasetError(f"the horizon is a number of later extractions, at least 1 (got {horizon})")
     table = features_table(settings, [spec.ENTITY_KEY, spec.TIMESTAMP, spec.LABEL])
     if table.num_rows == 0:
         raise DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first")
     frame = table.to_pandas()
-    newest = frame[spec.TIMESTAMP].max()
-    left_at = frame[frame[spec.LABEL] == 1].groupby(spec.ENTITY_KEY)[spec.TIMESTAMP].min().rename("left_at")
+    extractions = sorted(frame[spec.TIMESTAMP].unique())
+    index = {t: i for i, t in enumerate(extractions)}
+    frame["extraction"] = frame[spec.TIMESTAMP].map(index)
+    left_at = frame[frame[spec.LABEL] == 1].groupby(spec.ENTITY_KEY)["extraction"].min().rename("left_at")
     frame = frame.join(left_at, on=spec.ENTITY_KEY)
-    still_there = frame["left_at"].isna() | (frame[spec.TIMESTAMP] < frame["left_at"])
-    known = frame[spec.TIMESTAMP] + horizon <= newest
+    still_there = frame["left_at"].isna() | (frame["extraction"] < frame["left_at"])
+    known = frame["extraction"] + horizon <= len(extractions) - 1
     rows = frame[still_there & known].copy()
-    rows[LABEL] = ((rows["left_at"] > rows[spec.TIMESTAMP]) &
-                   (rows["left_at"] <= rows[spec.TIMESTAMP] + horizon)).astype("int64")
+    rows[LABEL] = ((rows["left_at"] > rows["extraction"]) &
+                   (rows["left_at"] <= rows["extraction"] + horizon)).astype("int64")
     rows = rows[[spec.ENTITY_KEY, spec.TIMESTAMP, LABEL]].sort_values([spec.TIMESTAMP, spec.ENTITY_KEY])
-    log.info("built %d label rows (%d positive) over %d extractions, horizon %s",
+    log.info("built %d label rows (%d positive) over %d extractions, horizon %d extractions",
              len(rows), int(rows[LABEL].sum()), rows[spec.TIMESTAMP].nunique(), horizon)
     return rows.reset_index(drop=True)
 

@@ -66,13 +66,22 @@ def pipeline() -> Pipeline:
                      ("classify", LogisticRegression(class_weight="balanced", max_iter=1000))])
 
 
-def time_split(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
-    """Train on earlier label times, test on later ones (no shuffling across time)."""
+def time_split(frame: pd.DataFrame, horizon: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
+    """Train on earlier label times, test on later ones, with an embargo of ``horizon`` extractions.
+
+    A training label at time t looks ``horizon`` extractions ahead; the first test label time lies
+    at least that far after the last training one, so no training label sees a departure that a
+    test label is about (an honest forward test)."""
     times = np.sort(frame[spec.TIMESTAMP].unique())
-    if len(times) < 2:
-        raise dataset.DatasetError("need label rows at two or more extraction dates for a time-based split")
-    cutoff = times[min(len(times) - 1, max(1, int(len(times) * (1 - TEST_SHARE))))]
-    return frame[frame[spec.TIMESTAMP] < cutoff], frame[frame[spec.TIMESTAMP] >= cutoff], pd.Timestamp(cutoff)
+    test_count = max(1, int(round(len(times) * TEST_SHARE)))
+    first_test = len(times) - test_count
+    last_train = first_test - horizon  # label times are consecutive extractions
+    if last_train < 0:
+        raise dataset.DatasetError(f"need more history: {len(times)} label times cannot hold a test period and "
+                                   f"an embargo of {horizon} extractions before it")
+    cutoff = times[first_test]
+    return (frame[frame[spec.TIMESTAMP] <= times[last_train]], frame[frame[spec.TIMESTAMP] >= cutoff],
+            pd.Timestamp(cutoff))
 
 
 def evaluate(model: Pipeline, test: pd.DataFrame, names: list[str]) -> tuple[dict, tuple]:
@@ -123,10 +132,13 @@ def _model_card(meta: dict) -> str:
     calibration = "\n".join(f"| {c['predicted']:.3f} | {c['observed']:.3f} |" for c in m["calibration"])
     return f"""# Attrition model {meta['version']}
 
-Predicts whether an active employee leaves within {meta['horizon_days']} days of an HR extraction.
+Predicts whether an active employee leaves within the next {meta['horizon_extractions']} HR extractions.
 
-* Trained {meta['trained_at']} on {meta['train_rows']} label rows before {meta['split_at']};
-  evaluated on {m['test_rows']} rows at or after it (positive rate {m['test_positive_rate']:.3f}).
+* Trained {meta['trained_at']} on {meta['train_rows']} label rows up to {meta['train_until']};
+  evaluated on {m['test_rows']} rows from {meta['split_at']} on (positive rate {m['test_positive_rate']:.3f}),
+  after an embargo of {meta['horizon_extractions']} extractions, so no training label sees a departure
+  a test label is about. {meta['test_employees_also_in_training']} of the {meta['test_employees']} test
+  employees also appear (at earlier times) in training.
 * Features: feature service `{meta['feature_service']}`, point-in-time correct (Feast
   `get_historical_features`), in this order:
 
@@ -162,14 +174,14 @@ Quality gate: ROC AUC >= {MIN_ROC_AUC} before this version may become `latest`.
 """
 
 
-def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> TrainResult:
+def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZON) -> TrainResult:
     labels = dataset.build_labels(settings, horizon)
     refs = online.service_feature_refs(store)
     names = [r.split(":", 1)[1] for r in refs]
     frame = dataset.point_in_time(store, settings, labels)
     complete = frame.dropna(subset=names)
     dropped = len(frame) - len(complete)
-    train_rows, test_rows, cutoff = time_split(complete)
+    train_rows, test_rows, cutoff = time_split(complete, horizon)
     if train_rows[dataset.LABEL].nunique() < 2 or test_rows[dataset.LABEL].nunique() < 2:
         raise dataset.DatasetError("both classes are needed on each side of the time split")
     model = pipeline().fit(train_rows[names].to_numpy(), train_rows[dataset.LABEL].to_numpy())
@@ -179,7 +191,10 @@ def train(store: FeatureStore, settings: Settings, horizon=dataset.HORIZON) -> T
     meta = {
         "version": version, "trained_at": datetime.now(timezone.utc).isoformat(),
         "feature_service": online.FEATURE_SERVICE, "feature_refs": refs, "feature_view_ttl_seconds": FEATURE_TTL.total_seconds(),
-        "horizon_days": horizon.days, "split_at": cutoff.isoformat(), "train_rows": int(len(train_rows)),
+        "horizon_extractions": horizon, "split_at": cutoff.isoformat(), "train_rows": int(len(train_rows)),
+        "train_until": pd.Timestamp(train_rows[spec.TIMESTAMP].max()).isoformat(),
+        "test_employees_also_in_training": int(len(set(test_rows[spec.ENTITY_KEY]) & set(train_rows[spec.ENTITY_KEY]))),
+        "test_employees": int(test_rows[spec.ENTITY_KEY].nunique()),
         "dropped_rows_missing_features": int(dropped), "label_rows": int(len(labels)),
         "entity_df_sha256": dataset.fingerprint(labels), "dataset_sha256": dataset.fingerprint(complete),
         "metrics": metrics, "libraries": _versions(), "min_roc_auc": MIN_ROC_AUC,
