@@ -50,6 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FP_FEAST_PROJECT", "hr_attrition", "Feast project name (namespaces registry objects and Redis keys)."),
     Setting("FP_MATERIALIZE_BATCH_SIZE", "10000", "Rows written to Redis per batch during materialization; bounds worker memory."),
     Setting("FP_INBOX", "data/exports", "Where HR exports arrive (hr_export_YYYY-MM-DD.csv): a folder or an s3:// prefix."),
+    Setting("FP_INBOX_ALLOWED", "", "Further locations (comma-separated folders or s3:// prefixes) a run's inbox parameter may name; FP_INBOX is always allowed, anything else is refused."),
     Setting("FP_PIPELINE_DEADLINE_HOURS", "4", "The nightly run must finish within this many hours of being queued (Deadline Alert)."),
     Setting("FP_ALERT_WEBHOOK_URL", "", "Where alerts are POSTed (task failures, missed deadlines, unhealthy online store); unset: logged only.", secret=True),
     Setting("FP_ALERT_FORMAT", "generic", "Alert payload: `generic` JSON or `slack` (incoming webhook)."),
@@ -96,6 +97,7 @@ class Settings:
     registry_url: str
     feast_project: str
     materialize_batch_size: int
+    inbox_roots: tuple[str, ...]
     feature_server_url: str
     feature_server_metrics_port: int
     api_port: int
@@ -234,6 +236,7 @@ def load() -> Settings:
         registry_url=registry,
         feast_project=raw("FP_FEAST_PROJECT"),
         materialize_batch_size=batch_size,
+        inbox_roots=tuple(r.strip() for r in [raw("FP_INBOX"), *raw("FP_INBOX_ALLOWED").split(",")] if r.strip()),
         feature_server_url=raw("FP_FEATURE_SERVER_URL").rstrip("/"),
         feature_server_metrics_port=ports["FP_FEATURE_SERVER_METRICS_PORT"],
         api_port=ports["FP_API_PORT"],

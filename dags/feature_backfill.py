@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from core import settings as settings_mod
 from orchestration import alerts
@@ -69,8 +70,11 @@ def feature_backfill():
         if end < start:
             raise ValueError(f"end_date {end} is before start_date {start}")
         settings = settings_mod.load()
-        exports = [{"as_of": d.isoformat(), "source": p}
-                   for d, p in steps.list_exports(settings, params["inbox"]).items() if start <= d <= end]
+        try:
+            found = steps.list_exports(settings, params["inbox"])
+        except steps.InboxNotAllowed as exc:
+            raise AirflowFailException(str(exc)) from None  # a wrong location does not get better by retrying
+        exports = [{"as_of": d.isoformat(), "source": p} for d, p in found.items() if start <= d <= end]
         if len(exports) > params["max_exports"]:
             raise ValueError(f"{len(exports)} exports in the window, more than max_exports={params['max_exports']}")
         return {"exports": exports if params["reingest"] else [], "window_start": start.isoformat(),

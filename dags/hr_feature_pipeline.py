@@ -109,7 +109,10 @@ def hr_feature_pipeline():
         run_date = context["dag_run"].run_after.date()
         if params.get("extraction_date"):
             run_date = date.fromisoformat(params["extraction_date"])
-        as_of, source = steps.find_export(settings, params["inbox"], run_date)
+        try:
+            as_of, source = steps.find_export(settings, params["inbox"], run_date)
+        except steps.InboxNotAllowed as exc:
+            _fail_without_retry(str(exc))
         if params.get("extraction_date") and as_of != run_date:
             _fail_without_retry(f"no export dated {run_date} in {params['inbox']} (newest before it: {as_of})")
         return {"as_of": as_of.isoformat(), "source": source}

@@ -23,8 +23,31 @@ class NoExportError(FileNotFoundError):
     """No HR export for the requested date is in the inbox."""
 
 
+class InboxNotAllowed(ValueError):
+    """The inbox named is not one of the configured locations (FP_INBOX, FP_INBOX_ALLOWED)."""
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_inbox(settings: Settings, inbox: str) -> None:
+    """A run may read exports only from configured locations: the inbox is a form field, and a
+    free path would let anyone who can trigger a run upload any file the worker can read."""
+    if inbox.startswith("s3://"):
+        wanted = inbox.rstrip("/") + "/"
+        allowed = any(wanted.startswith(r.rstrip("/") + "/") for r in settings.inbox_roots if r.startswith("s3://"))
+    else:
+        path = Path(inbox).resolve()  # resolves links and '..' before comparing
+        allowed = any(_within(path, Path(r).resolve()) for r in settings.inbox_roots if not r.startswith("s3://"))
+    if not allowed:
+        raise InboxNotAllowed(f"inbox {schema_safe(inbox)!r} is not an allowed location; allowed: "
+                              f"{', '.join(settings.inbox_roots)} (FP_INBOX, FP_INBOX_ALLOWED)")
+
+
 def list_exports(settings: Settings, inbox: str) -> dict[date, str]:
     """Exports in the inbox (a local folder or an s3:// prefix) by extraction date."""
+    check_inbox(settings, inbox)
     found: dict[date, str] = {}
     if inbox.startswith("s3://"):
         bucket, prefix = s3.parse_uri(inbox.rstrip("/") + "/")

@@ -40,7 +40,9 @@ def pytest_configure(config):
 
     home = Path(tempfile.mkdtemp(prefix="fp-test-airflow-"))
     env = airflow_env(settings_mod.load())
-    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"})
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                # The tests' inboxes are pytest's temporary folders.
+                "FP_INBOX_ALLOWED": tempfile.gettempdir()})
     os.environ.update(env)
 
 

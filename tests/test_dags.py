@@ -235,3 +235,19 @@ def test_a_failed_worker_step_carries_its_own_output():
     with pytest.raises(RuntimeError, match="exited with status 3; its last output lines:\nreading s3://x\n"
                                            "error: registry unreachable"):
         operator.execute({})
+
+
+def test_an_inbox_outside_the_configured_locations_stops_the_run_at_once(stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("FP_INBOX_ALLOWED", str(tmp_path / "allowed"))
+    local_airflow.ensure_metadata_db()
+    run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": "/etc"})
+    states = local_airflow.task_states("hr_feature_pipeline", run_id)
+    assert state == "failed" and states["find_export"] == "failed", states
+    assert states["keep_raw"] in {"upstream_failed", None}
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id="hr_feature_pipeline", run_id=run_id,
+                                                   task_id="find_export").one()
+        assert ti.try_number == 1, "a location that is not allowed fails at once, without retries"

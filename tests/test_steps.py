@@ -1,0 +1,43 @@
+"""pipeline.steps: which exports a run may read (the inbox is a form field, so it is checked)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import pytest
+
+from core import settings as settings_mod
+from pipeline import steps
+
+
+@pytest.fixture
+def inbox_settings(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "hr_export_2026-10-31.csv").write_text("x")
+    (inbox / "notes.txt").write_text("x")
+    return replace(settings_mod.load(), inbox_roots=(str(inbox), "s3://hr-inbox/exports")), inbox
+
+
+def test_configured_locations_are_allowed(inbox_settings):
+    settings, inbox = inbox_settings
+    assert steps.list_exports(settings, str(inbox)) == {date(2026, 10, 31): str(inbox / "hr_export_2026-10-31.csv")}
+    steps.check_inbox(settings, str(inbox / "sub"))  # inside an allowed folder
+    steps.check_inbox(settings, "s3://hr-inbox/exports/2026/")
+
+
+@pytest.mark.parametrize("where", ["/etc", "{inbox}/../elsewhere", "{inbox}-sibling", "s3://hr-inbox/exports-other",
+                                   "s3://other-bucket/exports"])
+def test_anything_else_is_refused(inbox_settings, where):
+    settings, inbox = inbox_settings
+    with pytest.raises(steps.InboxNotAllowed, match="is not an allowed location"):
+        steps.list_exports(settings, where.format(inbox=inbox))
+
+
+def test_a_link_out_of_the_inbox_is_refused(inbox_settings, tmp_path):
+    settings, inbox = inbox_settings
+    link = inbox / "etc"
+    link.symlink_to("/etc")
+    with pytest.raises(steps.InboxNotAllowed):
+        steps.list_exports(settings, str(link))
