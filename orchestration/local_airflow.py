@@ -125,6 +125,12 @@ def standalone(settings: Settings, port: int = 8080) -> int:
     os.environ.setdefault("AIRFLOW__API__PORT", str(port))
     os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
+    # Task processes reach the API server through this URL; it follows the port chosen above.
+    os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+                          f"http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']}/execution/")
+    # `airflow standalone` starts its components as `airflow ...` by name: this environment's
+    # `airflow` must come first on PATH even from a shell where the virtual environment is not active.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     ensure_metadata_db()
     print(f"Airflow UI: http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']}  (home {env['AIRFLOW_HOME']})", flush=True)
     return subprocess.call([sys.executable, "-m", "airflow", "standalone"], env=os.environ.copy())
@@ -135,4 +141,4 @@ if __name__ == "__main__":
     from core import settings as settings_mod
 
     logsetup.setup()
-    sys.exit(standalone(settings_mod.load()))
+    sys.exit(standalone(settings_mod.load(), int(os.environ.get("AIRFLOW__API__PORT", "8080"))))

@@ -152,3 +152,37 @@ def test_ui_style_trigger_succeeds_and_the_deadline_alert_arrives(airflow, expor
     assert alerts, f"no deadline alert reached the webhook; received {alert_listener.received}\n{logs}"
     assert alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert alerts[0]["deadline"] == f"{DEADLINE_HOURS:g}h after queued"
+
+
+def test_make_airflow_starts_from_a_plain_shell_on_any_port(stack, tmp_path):
+    """`make airflow` runs `python -m orchestration.local_airflow`; from a shell where the virtual
+    environment is not active (no `airflow` on PATH) and on a port that is not 8080."""
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FP_LOCAL_DIR": str(tmp_path / "local"),
+           "AIRFLOW__API__PORT": str(port), "FP_S3_BUCKET": stack.s3_bucket,
+           "AWS_ACCESS_KEY_ID": stack.aws_access_key_id, "AWS_SECRET_ACCESS_KEY": stack.aws_secret_access_key}
+    log = open(tmp_path / "standalone.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.local_airflow"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).json()
+                if health.get("scheduler", {}).get("status") == "healthy":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(2)
+        output = (tmp_path / "standalone.log").read_text(errors="replace")
+        assert "No such file or directory: 'airflow'" not in output, output[-2000:]
+        assert health and health["metadatabase"]["status"] == "healthy", output[-2000:]
+        assert health["scheduler"]["status"] == "healthy", health
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
