@@ -100,7 +100,8 @@ class ContractError(ValueError):
     """The export does not follow the raw contract. The message names the file, column and problem."""
 
 
-def _header(data: bytes, source: str) -> list[str]:
+def read_header(data: bytes, source: str) -> list[str]:
+    """The export's column names as every reader takes them (BOM, quotes and spaces removed)."""
     first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not first_line.strip():
         raise ContractError(f"{source}: empty file, expected a header with {len(RAW_COLUMNS)} columns")
@@ -143,7 +144,7 @@ def read_export(data: bytes, source: str, columns: tuple[str, ...] | None = USED
     `" Yes"` is `Yes`, and `1.0` or an empty cell in an integer column is refused, never guessed.
     Errors name the column and count the rows, never echo cell values (they can be pay or age).
     """
-    header = _header(data, source)
+    header = read_header(data, source)
     check_header(header, source)
     include = list(columns) if columns is not None else list(RAW_COLUMNS)
     try:

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from core import s3
 from core.settings import Settings
 from etl.layout import list_partitions, partition_key
-from etl.schema import RAW_COLUMNS, VALUES_SHOWN, WHOLE_NUMBER, normalize, redact_arrow_error, safe_name
+from etl.schema import (RAW_COLUMNS, VALUES_SHOWN, WHOLE_NUMBER, ContractError, normalize, read_header,
+                        redact_arrow_error, safe_name)
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,10 @@ def load_raw(data: bytes) -> tuple[pd.DataFrame | None, list[Failure]]:
         return None, [Failure("encoding: UTF-8", None, "critical", None, [data[exc.start:exc.end].hex()],
                               detail=f"line {line}, byte {exc.start}: {exc.reason}; re-export the file as UTF-8")]
     # Every column as text, as the reader does: type inference would turn "1.0" into 1 unseen.
-    header = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig").split(",")
-    as_text = {name.strip().strip('"'): pa.string() for name in header}
+    try:
+        as_text = {name: pa.string() for name in read_header(data, "batch")}
+    except ContractError as exc:
+        return None, [Failure("header", None, "critical", None, detail=str(exc).removeprefix("batch: "))]
     try:
         table = pacsv.read_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(encoding="utf8"),
                                convert_options=pacsv.ConvertOptions(column_types=as_text, strings_can_be_null=False,

@@ -117,6 +117,12 @@ def newest_extraction(settings: Settings, up_to: datetime | None = None) -> date
     return dates[-1] if dates else None
 
 
+def active_ids(settings: Settings, extraction: date) -> np.ndarray:
+    """The sorted ids of the employees active in one extraction (one partition read)."""
+    table = layout.read_partition(settings, extraction, columns=[spec.ENTITY_KEY, spec.ACTIVE])
+    return np.unique(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy())
+
+
 def read_roster(settings: Settings, extraction: date | None = None) -> Roster | None:
     """Active and departed employees as of ``extraction`` (default: the newest published one).
 
@@ -126,12 +132,10 @@ def read_roster(settings: Settings, extraction: date | None = None) -> Roster | 
     extraction = extraction or newest_extraction(settings)
     if extraction is None:
         return None
-    cutoff = spec.extraction_timestamp(extraction)
-    table = layout.features_dataset(settings).to_table(
-        columns=[spec.ENTITY_KEY, spec.TIMESTAMP, spec.ACTIVE], filter=pc.field(spec.TIMESTAMP) <= cutoff)
-    latest = table.filter(pc.equal(table[spec.TIMESTAMP], cutoff))
-    active = np.unique(latest.filter(latest[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy())
-    everyone = np.unique(table[spec.ENTITY_KEY].to_numpy())
+    active = active_ids(settings, extraction)
+    seen = layout.features_dataset(settings).to_table(
+        columns=[spec.ENTITY_KEY], filter=pc.field(spec.TIMESTAMP) <= spec.extraction_timestamp(extraction))
+    everyone = np.unique(seen[spec.ENTITY_KEY].to_numpy())
     return Roster(extraction, active, np.setdiff1d(everyone, active, assume_unique=True))
 
 

@@ -204,7 +204,7 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     if dates:
         latest = dates[-1]
         report.latest_extraction = latest.isoformat()
-        active = set(online.read_roster(settings, latest).active_ids())
+        active = set(online.active_ids(settings, latest).tolist())
         report.active_expected = len(active)
         missing = active - served.keys()
         report.active_missing = len(missing)

@@ -209,6 +209,21 @@ def isolated(stack: Settings, tmp_path: Path, name: str) -> Settings:
                    registry_url=f"sqlite:///{tmp_path / f'{name}-registry.db'}")
 
 
+def corrected_export(source: Path, folder: Path, column: str, employees) -> Path:
+    """``source`` as the HR system re-sends it: ``column`` corrected for ``employees`` (a rating of
+    1 becomes 4, any other becomes 1), under the same file name in ``folder``."""
+    lines = source.read_text().splitlines()
+    header = lines[0].split(",")
+    column_at, key_at = header.index(column), header.index("EmployeeNumber")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        if int(row[key_at]) in employees:
+            row[column_at] = "4" if row[column_at] == "1" else "1"
+    corrected = folder / source.name
+    corrected.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    return corrected
+
+
 def ingest_exports(settings: Settings, paths: list[Path]) -> None:
     from etl import ingest as ing
 

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ingest_exports, isolated
+from conftest import corrected_export, ingest_exports, isolated
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout
@@ -54,15 +54,7 @@ def _correct_one_employee(settings, store, exports, tmp_path):
     before = vectors(settings, store, [employee])[employee]
 
     # The HR system re-sends the latest export with this employee's satisfaction corrected.
-    original = exports[-1].read_text().splitlines()
-    header = original[0].split(",")
-    idx, id_idx = header.index("JobSatisfaction"), header.index("EmployeeNumber")
-    rows = [line.split(",") for line in original[1:]]
-    for row in rows:
-        if int(row[id_idx]) == employee:
-            row[idx] = "1" if row[idx] != "1" else "4"
-    corrected = tmp_path / exports[-1].name
-    corrected.write_text("\n".join([original[0], *(",".join(r) for r in rows)]) + "\n")
+    corrected = corrected_export(exports[-1], tmp_path, "JobSatisfaction", {employee})
     ing.ingest(settings, str(corrected), LATEST, validate=False)
     expected = next(r for r in layout.read_partition(settings, LATEST).to_pylist() if r["employee_id"] == employee)
     assert expected["overall_satisfaction"] != before[spec.FEATURE_NAMES.index("overall_satisfaction")]

@@ -16,7 +16,7 @@ import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Loop, free_port, ingest_exports, isolated, run_cli
+from conftest import ROOT, Loop, corrected_export, free_port, ingest_exports, isolated, run_cli
 from etl import features as spec
 from etl import layout
 from features import online
@@ -261,14 +261,7 @@ def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, export
                         timedelta(days=45), night)
 
     def correction():
-        lines = exports[-1].read_text().splitlines()
-        column = lines[0].split(",").index("WorkLifeBalance")
-        rows = [line.split(",") for line in lines[1:]]
-        for row in rows[:40]:
-            row[column] = "1" if row[column] != "1" else "2"
-        path = tmp_path / exports[-1].name
-        path.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
-        ingest_exports(local, [path])
+        ingest_exports(local, [corrected_export(exports[-1], tmp_path, "WorkLifeBalance", both[:40])])
         fs.materialize(store, local, night, refresh=latest)
 
     def failing():

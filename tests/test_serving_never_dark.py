@@ -15,7 +15,7 @@ import pytest
 import redis
 from feast import FeatureViewState
 
-from conftest import Loop, dedicated_valkey, free_port, ingest_exports, isolated
+from conftest import Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout
@@ -116,15 +116,7 @@ def test_correction_of_the_latest_date_is_written_in_place(served_previous, expo
     old = online.online_vectors(store, settings, [employee], now=NIGHT)[employee]
 
     # The HR system re-sends the latest export with one employee's satisfaction corrected.
-    lines = exports[-1].read_text().splitlines()
-    header = lines[0].split(",")
-    column, key = header.index("JobSatisfaction"), header.index("EmployeeNumber")
-    rows = [line.split(",") for line in lines[1:]]
-    for row in rows:
-        if int(row[key]) == employee:
-            row[column] = "1" if row[column] != "1" else "4"
-    corrected = tmp_path / exports[-1].name
-    corrected.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    corrected = corrected_export(exports[-1], tmp_path, "JobSatisfaction", {employee})
     ing.ingest(settings, str(corrected), LATEST, validate=False)
 
     counts: list[int] = []
