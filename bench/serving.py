@@ -28,7 +28,7 @@ from bench.measure import bench_settings
 from core.settings import PROJECT_ROOT
 from etl import generate as gen
 
-EMPLOYEES, MONTHS = 2000, 12
+EMPLOYEES, MONTHS = 2000, 24  # enough label times for a test period after the embargo
 DURATION = "8s"
 SATURATING_CONNECTIONS = 16
 PACED_CONNECTIONS = 4
@@ -88,14 +88,14 @@ def _start(argv: list[str], env: dict, health: str, log: Path) -> tuple[subproce
     proc = subprocess.Popen([*argv, "--port", str(port)], cwd=PROJECT_ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(url + health, timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.3)
     proc.kill()
-    raise SystemExit(f"{argv} did not start; see {log}")
+    raise SystemExit(f"{' '.join(argv[1:])} did not start; see {log}")
 
 
 def hey(url: str, connections: int, method: str = "GET", body: str | None = None, headers: dict | None = None,

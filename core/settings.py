@@ -118,6 +118,12 @@ class Settings:
         return host in {"127.0.0.1", "localhost", "::1"}
 
     @property
+    def redis_location(self) -> str:
+        """host:port/db of the online store, without credentials (for messages)."""
+        url = urlparse(self.redis_url)
+        return f"{url.hostname or '127.0.0.1'}:{url.port or 6379}/{(url.path or '/0').lstrip('/') or '0'}"
+
+    @property
     def redis_connection_string(self) -> str:
         """The Redis URL in the `host:port,db=N,password=...` form Feast's redis store expects."""
         url = urlparse(self.redis_url)

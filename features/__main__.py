@@ -16,8 +16,11 @@ import json
 import sys
 from datetime import date, datetime, timezone
 
+import redis
+
 from core import log as logsetup
 from core import settings as settings_mod
+from core.s3 import StorageError
 from features import online
 from features import store as fs
 
@@ -56,6 +59,20 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup()
 
     settings = settings_mod.load()
+    try:
+        return _run(args, settings)
+    except redis.RedisError as exc:
+        # Feast records a materialized interval only after every write, so the watermark is unchanged
+        # and a re-run converges; rows already rewritten carry values at least as new as before.
+        print(f"error: the online store (Redis at {settings.redis_location}) failed: {type(exc).__name__}: {exc}. "
+              "Nothing was marked materialized; re-run once Redis answers.", file=sys.stderr)
+        return 3
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+def _run(args, settings: settings_mod.Settings) -> int:
     store = fs.open_store(settings)
     if args.command == "check":
         from features import check

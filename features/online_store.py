@@ -11,6 +11,12 @@ Redis if the served value were deleted first, leaving the employee unserved unti
 Here a row is written when its event time is at or after the stored one: a correction replaces
 the served hash in one HSET (readers see the old or the new vector, never a gap), while a row
 older than what Redis holds is still skipped, so a backfill never puts older values over newer.
+
+Every Redis call also has a deadline. redis-py's defaults wait without limit for a reply and retry a
+refused connection three times with backoff (5.5 s measured): a stopped or unreachable Redis then
+hangs a feature-server request or a materialization. Here the feature server's reads (the async
+client) fail within ``serving_timeout_seconds`` (one quick retry), and writes and CLI reads (the
+sync client) within ``timeout_seconds``, so the inference API answers 503 instead of timing out.
 """
 
 from __future__ import annotations
@@ -18,19 +24,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Callable, Literal
 
+import redis
+import redis.asyncio as aioredis
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, _versioned_fv_name
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig, RedisType, _versioned_fv_name
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 from feast.utils import make_tzaware
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.backoff import ExponentialBackoff
 
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 
 
 class PlatformRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["features.online_store.PlatformRedisOnlineStore"] = "features.online_store.PlatformRedisOnlineStore"
+    serving_timeout_seconds: float = 0.5
+    """Connect and reply deadline of the feature server's reads (one retry after 50 ms)."""
+    timeout_seconds: float = 10.0
+    """Connect and reply deadline of writes and synchronous reads (two retries)."""
 
 
 def _nanos(stamp: Timestamp) -> int:
@@ -38,6 +51,25 @@ def _nanos(stamp: Timestamp) -> int:
 
 
 class PlatformRedisOnlineStore(RedisOnlineStore):
+    def _standalone_kwargs(self, store_config, timeout: float) -> dict:
+        nodes, kwargs = self._parse_connection_string(store_config.connection_string)
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs,
+                "host": nodes[0]["host"], "port": nodes[0]["port"]}
+
+    def _get_client(self, online_store_config):
+        if not self._client and online_store_config.redis_type == RedisType.redis:
+            self._client = redis.Redis(
+                **self._standalone_kwargs(online_store_config, online_store_config.timeout_seconds),
+                retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.1), 2))
+        return super()._get_client(online_store_config)  # cluster and sentinel: Feast's clients
+
+    async def _get_client_async(self, online_store_config):
+        if not self._client_async and online_store_config.redis_type == RedisType.redis:
+            self._client_async = aioredis.Redis(
+                **self._standalone_kwargs(online_store_config, online_store_config.serving_timeout_seconds),
+                retry=aioredis.retry.Retry(ExponentialBackoff(cap=0.05, base=0.05), 1))
+        return await super()._get_client_async(online_store_config)
+
     def online_write_batch(self, config: RepoConfig, table, data: list[Row],
                            progress: Callable[[int], Any] | None) -> None:
         store_config = config.online_store

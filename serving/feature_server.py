@@ -7,6 +7,14 @@ talks to Redis itself, so this server needs none of those routes. It runs Feast'
 ``/get-online-features`` contract, same Prometheus metrics) behind ``ReadOnly``, which lets
 through exactly the reads and refuses everything else with 403.
 
+Reads of a feature service take ``FeatureServiceReads``: the same Feast calls as Feast's handler
+(``get_online_features_async``, ``convert_response_to_dict``, the same Prometheus metrics) and the
+same JSON and the same error answers, without FastAPI's dependency machinery, the two thread-pool
+hops and the feature service rebuilt from protobuf on every request. Measured on 2 cores: 1.5 ms
+of in-process work per request through Feast's route, 0.5 ms through this one (README,
+Benchmarks). Anything else (a feature list, an invalid body, an unknown service) is answered by
+Feast's own route.
+
 ``FLAGS`` are the serving flags, in one place for the local stack and the Kubernetes Deployment
 (deploy/k8s/serving.yaml runs ``python -m serving feature-server``, and a test keeps them equal).
 """
@@ -15,7 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
+
+import pydantic
 
 from core.settings import Settings
 
@@ -47,13 +58,127 @@ class Flags:
 FLAGS = Flags()
 
 
-class ReadOnly:
-    """ASGI middleware: reads pass, writes (and anything unknown) get a 403 that says why."""
+ONLINE_FEATURES = ("POST", "/get-online-features")
 
-    def __init__(self, app):
+
+async def _body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    """An ASGI ``receive`` that hands the already-read body to the next app."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return pending.pop() if pending else {"type": "http.disconnect"}
+
+    return receive
+
+
+class FeatureServiceReads:
+    """``POST /get-online-features`` for a feature service, on the event loop.
+
+    Returns the response body, or None when Feast's own route should answer (then it does, with the
+    same body): only the common, valid case is taken here."""
+
+    def __init__(self, store, ttl_seconds: float):
+        from feast import feature_server as feast_server
+        from feast import metrics as feast_metrics
+        from feast.errors import FeastError
+        from feast.feature_server_utils import convert_response_to_dict
+
+        self.store = store
+        self._feast_error = FeastError
+        self._request = feast_server.GetOnlineFeaturesRequest
+        self._metrics = feast_metrics
+        self._to_dict = convert_response_to_dict
+        from feast.infra.feature_servers.base_config import MetricsConfig
+
+        metrics_config = getattr(getattr(store.config, "feature_server", None), "metrics", None)
+        self._bins = getattr(metrics_config, "feature_count_bins", None) or MetricsConfig().feature_count_bins
+        self._counts = feast_server._resolve_feature_counts
+        self._bin = feast_server.bin_feature_count
+        self._ttl = ttl_seconds
+        self._services: dict[str, tuple[float, object]] = {}
+
+    def _service(self, name: str):
+        """The feature service, rebuilt from the registry cache at most once per registry TTL.
+
+        Feast rebuilds the object from its protobuf (with runtime type checks) on every lookup:
+        measured, that was 70% of a request."""
+        now = time.monotonic()
+        cached = self._services.get(name)
+        if cached is None or now - cached[0] >= self._ttl:
+            cached = (now, self.store.get_feature_service(name, allow_cache=True))
+            self._services[name] = cached
+        return cached[1]
+
+    async def answer(self, body: bytes) -> tuple[int, bytes] | None:
+        try:
+            request = self._request.model_validate_json(body)
+        except pydantic.ValidationError:
+            return None
+        if not request.feature_service or request.features:
+            return None
+        try:
+            service = self._service(request.feature_service)
+        except Exception:  # unknown service, registry unreachable: Feast's route says which
+            return None
+        entity_count = len(next(iter(request.entities.values()), []))
+        with self._metrics.track_request_latency("/get-online-features") as metrics:
+            feature_count, view_count = self._counts(service)
+            metrics.feature_count = self._bin(int(feature_count), self._bins)
+            metrics.feature_view_count = view_count
+            self._metrics.track_online_features_entities(entity_count)
+            try:
+                response = await self.store.get_online_features_async(
+                    features=service, entity_rows=request.entities, full_feature_names=request.full_feature_names,
+                    include_feature_view_version_metadata=request.include_feature_view_version_metadata)
+            except Exception as exc:
+                # Answered here, as Feast's exception handler would: a second try through Feast's
+                # route would double the wait on an unreachable Redis.
+                log.exception("online read of %s failed", request.feature_service)
+                if isinstance(exc, self._feast_error):
+                    return exc.http_status_code(), _json(exc.to_error_detail())
+                return 500, _json(str(exc))
+            return 200, _json(self._to_dict(response.proto))
+
+
+def _json(content) -> bytes:
+    """As Starlette's JSONResponse renders it, so both routes answer byte for byte alike."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+class ReadOnly:
+    """ASGI middleware: reads pass, writes (and anything unknown) get a 403 that says why.
+
+    With ``reads``, feature-service reads are answered by it and fall back to ``app``."""
+
+    def __init__(self, app, reads: FeatureServiceReads | None = None):
         self.app = app
+        self.reads = reads
 
     async def __call__(self, scope, receive, send):
+        if self.reads is not None and scope["type"] == "http" and (scope["method"], scope["path"]) == ONLINE_FEATURES:
+            body = await _body(receive)
+            answer = await self.reads.answer(body)
+            if answer is None:
+                await self.app(scope, _replay(body), send)
+                return
+            status, payload = answer
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
         if scope["type"] == "lifespan" or (scope["type"] == "http" and (scope["method"], scope["path"]) in READ_ROUTES):
             await self.app(scope, receive, send)
             return
@@ -72,7 +197,7 @@ def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> Non
     """Run Feast's feature server app, read-only, with gunicorn and uvicorn workers (as `feast serve`)."""
     from feast import feature_server as feast_server
     from feast import metrics as feast_metrics
-    from feast.permissions.server.utils import (ServerType, init_auth_manager, init_security_manager,
+    from feast.permissions.server.utils import (AuthManagerType, ServerType, init_auth_manager, init_security_manager,
                                                 str_to_auth_manager_type)
 
     from features import store as fs
@@ -87,9 +212,14 @@ def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> Non
     init_security_manager(auth_type=auth_type, fs=store)
     init_auth_manager(auth_type=auth_type, server_type=ServerType.REST, auth_config=store.config.auth_config)
 
+    # With Feast's auth or audit logging configured, every read takes Feast's route (its permission
+    # checks, its audit middleware).
+    audit = getattr(getattr(store.config, "feature_server", None), "audit_logging", None)
+    fast = auth_type == AuthManagerType.NONE and not getattr(audit, "enabled", False)
+
     class ReadOnlyApplication(feast_server.FeastServeApplication):
         def load(self):
-            return ReadOnly(self._app)
+            return ReadOnly(self._app, FeatureServiceReads(store, flags.registry_ttl_sec) if fast else None)
 
     log.info("feature server (read-only) on %s:%d, %d workers, metrics on port %s", host, port, flags.workers,
              settings.feature_server_metrics_port if flags.metrics else "off")

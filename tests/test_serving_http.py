@@ -3,7 +3,9 @@ each started as `python -m serving ...` on a free port over the real Redis, S3 a
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Loop, corrected_export, free_port, ingest_exports, isolated, run_cli
+from conftest import ROOT, Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from etl import features as spec
 from etl import layout
 from features import online
@@ -122,6 +124,49 @@ def test_the_feature_server_answers_the_reference_smoke_request(served):
     assert {n: columns.values[n] for n in spec.FEATURE_NAMES} == {n: [rows[i][n] for i in ids] for n in spec.FEATURE_NAMES}
 
 
+def test_feature_service_reads_answer_byte_for_byte_as_feasts_own_route(served):
+    """The event-loop route for feature services and Feast's route, in process over the same Redis:
+    identical bodies for reads, and every other request (errors included) is Feast's own answer."""
+    import asyncio
+
+    from feast import feature_server as feast_server
+
+    from serving.feature_server import FeatureServiceReads, ReadOnly
+
+    settings, _, _, _, _ = served
+    store = fs.open_store(settings)
+    ids = [i for i, r in _rows(settings).items() if r["is_active"]][:3]
+    reads = FeatureServiceReads(store, ttl_seconds=60)
+    feast_app = feast_server.get_app(store)
+    ours = ReadOnly(feast_server.get_app(store), reads)
+    requests = [{"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}},
+                {"feature_service": "attrition_model_v1", "entities": {"employee_id": [ids[0], 10**9]}},
+                {"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}, "full_feature_names": True},
+                {"feature_service": "attrition_model_v1", "entities": {"employe_id": ids}},
+                {"features": ["employee_features:tenure"], "entities": {"employee_id": ids}},
+                {"feature_service": "no_such_service", "entities": {"employee_id": ids}},
+                "{not json"]
+
+    async def compare():
+        taken = []
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(feast_app, raise_app_exceptions=False),
+                                     base_url="http://feast") as feast_client, \
+                httpx.AsyncClient(transport=httpx.ASGITransport(ours, raise_app_exceptions=False),
+                                  base_url="http://ours") as our_client:
+            for request in requests:
+                body = request if isinstance(request, str) else json.dumps(request)
+                taken.append(await reads.answer(body.encode()) is not None)
+                headers = {"content-type": "application/json"}
+                theirs = await feast_client.post("/get-online-features", content=body, headers=headers)
+                mine = await our_client.post("/get-online-features", content=body, headers=headers)
+                assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content), request
+        return taken
+
+    # Feature-service requests (a failed read too) are answered by the event-loop route; the
+    # rest fall through to Feast's.
+    assert asyncio.run(compare()) == [True, True, True, True, False, False, False]
+
+
 @pytest.mark.parametrize("path", ["/write-to-online-store", "/push", "/materialize", "/materialize-incremental",
                                   "/docs", "/chat"])
 def test_every_write_to_the_feature_server_is_refused(served, path):
@@ -195,6 +240,42 @@ def test_an_unreachable_feature_server_is_503_and_not_ready(served, tmp_path):
         assert ready.status_code == 503 and ready.json()["feature_server"] is False
     finally:
         api.stop()
+
+
+def test_redis_frozen_or_down_behind_the_feature_server_is_503_and_not_ready(served, tmp_path):
+    """The feature server reads a Redis of its own. Frozen (SIGSTOP: connections accepted, never
+    answered), then stopped: the API refuses with 503 instead of hanging or predicting from
+    nothing, /readyz says so, and service resumes when Redis does. The client timeout of 30 s
+    only detects a hang; the refusal comes from the read deadline (0.5 s, one retry)."""
+    settings, _, _, _, _ = served
+    employee = next(i for i, r in _rows(settings).items() if r["is_active"])
+    with dedicated_valkey(tmp_path) as (port, own):
+        key = online.redis_key(settings.feast_project, employee)
+        own.hset(key, mapping=redis.Redis.from_url(settings.redis_url).hgetall(key))
+        pid = own.info("server")["process_id"]
+        env = _env(settings, FP_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        feature_server = Server(["feature-server", "--workers", "1"], env, "/health", tmp_path / "fs.log")
+        api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN),
+                     "/healthz", tmp_path / "api.log")
+        url, headers = f"{api.url}/v1/employees/{employee}/attrition", {"Authorization": f"Bearer {TOKEN}"}
+        try:
+            assert httpx.get(url, headers=headers).status_code == 200
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                response = httpx.get(url, headers=headers, timeout=30)
+                assert "feature server answered 500" in _error(response, 503, "unavailable")["message"]
+                assert httpx.get(f"{api.url}/readyz", timeout=30).status_code == 503
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert httpx.get(url, headers=headers, timeout=30).status_code == 200, "serves again once Redis answers"
+            own.shutdown(nosave=True)
+            response = httpx.get(url, headers=headers, timeout=30)
+            assert "feature server answered 500" in _error(response, 503, "unavailable")["message"]
+            ready = httpx.get(f"{api.url}/readyz", timeout=30)
+            assert ready.status_code == 503 and ready.json()["ready"] is False
+        finally:
+            api.stop()
+            feature_server.stop()
 
 
 def test_a_service_that_no_longer_provides_the_models_features_is_not_ready(served):

@@ -8,6 +8,8 @@ An observer polls Redis itself and counts complete employee hashes.
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
@@ -15,7 +17,8 @@ import pytest
 import redis
 from feast import FeatureViewState
 
-from conftest import Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated
+from conftest import Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from core import s3
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout
@@ -181,6 +184,45 @@ def test_run_failing_on_redis_writes_leaves_previous_values_served(stack, export
         assert result.served_extraction == LATEST.isoformat(), "the re-run converges"
         served = online.online_vectors(store, settings, sorted(both), now=NIGHT)
         assert len(served) == len(both)
+
+
+def _cli_env(settings) -> dict:
+    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
+            "FP_REDIS_URL": settings.redis_url}
+
+
+def test_materialization_into_a_frozen_or_dead_redis_fails_cleanly_and_converges(stack, exports, tmp_path):
+    """SIGSTOP (connections accepted, never answered), then kill: the CLI ends within its Redis
+    deadlines with exit 3 and one line saying what failed (the 600 s limit only detects a hang),
+    nothing is marked materialized, and once Redis is back a re-run loads everything."""
+    with dedicated_valkey(tmp_path) as (port, client):
+        settings = replace(isolated(stack, tmp_path, "frozen"), redis_url=f"redis://127.0.0.1:{port}/0")
+        ingest_exports(settings, exports)
+        run_cli("features", "apply", env=_cli_env(settings))
+        pid = client.info("server")["process_id"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            frozen = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings),
+                             timeout=600)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert frozen.returncode == 3, frozen.stderr[-2000:]
+        assert "Traceback" not in frozen.stderr
+        assert f"the online store (Redis at 127.0.0.1:{port}/0) failed: TimeoutError" in frozen.stderr
+        store = fs.open_store(settings)
+        assert store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals == []
+        assert not s3.exists(settings, layout.served_state_key(settings)), "no extraction committed as served"
+
+        recovered = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings))
+        assert recovered.returncode == 0, recovered.stderr[-2000:]
+        assert online.served_extraction(settings) == LATEST
+        assert len(online.online_vectors(fs.open_store(settings), settings, sorted(_active(settings, LATEST)),
+                                         now=NIGHT)) == len(_active(settings, LATEST))
+        client.shutdown(nosave=True)
+    dead = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings))
+    assert dead.returncode == 3 and "Traceback" not in dead.stderr
+    assert "failed: ConnectionError" in dead.stderr
 
 
 def test_a_view_marked_materializing_keeps_serving(served_previous):
