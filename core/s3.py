@@ -7,6 +7,7 @@ gives atomic, idempotent publication with no temporary names to clean up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import boto3
 import pyarrow.fs as pafs
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -38,14 +40,32 @@ def client(settings: Settings):
         region_name=settings.s3_region,
         aws_access_key_id=settings.aws_access_key_id,
         aws_secret_access_key=settings.aws_secret_access_key,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        # Bounded: a hung S3 fails a step in 3 x FP_S3_TIMEOUT_SECONDS, with a message.
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5,
+                      read_timeout=settings.s3_timeout_seconds),
     )
+
+
+@contextlib.contextmanager
+def storage_errors(settings: Settings, doing: str):
+    """Turn any S3 failure inside the block into a one-line StorageError saying what was being done."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise StorageError(f"S3 refused to {doing}: {error.get('Code', '')} {error.get('Message', '')}".rstrip()) from None
+    except (BotoCoreError, Boto3Error) as exc:
+        raise StorageError(f"S3 at {settings.s3_endpoint_url or 'AWS'} failed to {doing}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else 'no answer'}") from None
 
 
 def arrow_filesystem(settings: Settings) -> pafs.S3FileSystem:
     """The same S3, for pyarrow datasets (reads of many partitions at once)."""
     return pafs.S3FileSystem(endpoint_override=settings.s3_endpoint_url, region=settings.s3_region,
-                             access_key=settings.aws_access_key_id, secret_key=settings.aws_secret_access_key)
+                             access_key=settings.aws_access_key_id, secret_key=settings.aws_secret_access_key,
+                             connect_timeout=5, request_timeout=settings.s3_timeout_seconds)
 
 
 def ensure_bucket(settings: Settings, s3=None) -> None:

@@ -168,7 +168,7 @@ def hr_feature_pipeline():
 
         from etl import ingest
 
-        return ingest.publish(settings_mod.load(), date.fromisoformat(staged["as_of"]), staged["staged_uri"])
+        return ingest.publish_exclusively(settings_mod.load(), date.fromisoformat(staged["as_of"]), staged["staged_uri"])
 
     @task
     def apply_definitions() -> list[str]:

@@ -141,7 +141,9 @@ def literal_secrets(document, where: str) -> list[Problem]:
     for path, key, value in _walk(document):
         if not isinstance(value, str) or not value.strip():
             continue
-        if SECRET_KEY.search(str(key)) and not str(key).lower().startswith("existing") and not value.startswith("${"):
+        # existingSecret, certificatesSecret: the name of a Secret, not its value.
+        reference = str(key).lower().startswith("existing") or str(key) == "certificatesSecret"
+        if SECRET_KEY.search(str(key)) and not reference and not value.startswith("${"):
             problems.append(Problem(f"{where}: {path}.{key}".replace(": .", ": "), "literal secret; use a Secret reference"))
         if CREDENTIAL_URL.search(value) and "${" not in value and "<password>" not in value:
             problems.append(Problem(f"{where}: {path}.{key}".replace(": .", ": "), "credentials in a URL"))
@@ -320,6 +322,89 @@ def network_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     return problems
 
 
+def _egress_rules(documents):
+    for name, doc in documents:
+        if doc.get("kind") == "NetworkPolicy":
+            for index, rule in enumerate(doc["spec"].get("egress") or []):
+                yield f"{name} ({doc['metadata']['name']}) egress[{index}]", rule
+
+
+def egress_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """Every egress rule names where it goes; the open internet never includes the metadata service
+    or in-cluster ranges."""
+    problems = []
+    for where, rule in _egress_rules(documents):
+        if not rule.get("to"):
+            problems.append(Problem(where, "allows any address: name pods, namespaces or an ipBlock in `to`"))
+        for peer in rule.get("to") or []:
+            block = peer.get("ipBlock")
+            if block and block.get("cidr") == "0.0.0.0/0" and not {"169.254.0.0/16", "10.0.0.0/8"} <= set(
+                    block.get("except") or []):
+                problems.append(Problem(where, "0.0.0.0/0 must except 169.254.0.0/16 (cloud metadata) and the "
+                                               "private ranges of the cluster"))
+    return problems
+
+
+def _mounts_ca(pod_spec: dict) -> bool:
+    from orchestration.worker import CA_MOUNT_PATH, CA_SECRET_NAME
+
+    volumes = {v["name"] for v in pod_spec.get("volumes") or [] if (v.get("secret") or {}).get("secretName")
+               == CA_SECRET_NAME}
+    return any(m["name"] in volumes and m["mountPath"] == CA_MOUNT_PATH
+               for c in pod_spec.get("containers", []) for m in c.get("volumeMounts") or [])
+
+
+def tls_problems(documents: list[tuple[str, dict]], overrides: dict[str, list[dict]] | None = None) -> list[Problem]:
+    """Redis and the registry database serve TLS; every pod holding their URLs has the CA to verify them.
+    ``overrides``: a release's values layers in place of its files."""
+    from orchestration.worker import CA_MOUNT_PATH, CA_SECRET_NAME, SECRET_NAME
+
+    problems = []
+    for release in ("redis", "feast-registry-db"):
+        merged, _ = release_values(release, (overrides or {}).get(release))
+        if (_get(merged, "tls") or {}).get("enabled") is not True:
+            problems.append(Problem(f"{release}: tls.enabled", "must be true (clients verify the certificate)"))
+    for name, doc in documents:
+        if doc.get("kind") != "Deployment":
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        reads_stores = any((e.get("valueFrom") or {}).get("secretKeyRef", {}).get("key") in {"FP_REDIS_URL",
+                                                                                              "FP_REGISTRY_URL"}
+                           for c in spec["containers"] for e in c.get("env") or [])
+        if reads_stores and not _mounts_ca(spec):
+            problems.append(Problem(f"{name} ({doc['metadata']['name']})",
+                                    f"connects to Redis or the registry: mount Secret {CA_SECRET_NAME} at {CA_MOUNT_PATH}"))
+    airflow = release_values("airflow")[0]
+    if SECRET_NAME in str(airflow.get("extraEnvFrom", "")) and not _mounts_ca(
+            {"volumes": airflow.get("volumes"), "containers": [{"volumeMounts": airflow.get("volumeMounts")}]}):
+        problems.append(Problem("airflow: volumes", f"Airflow's pods get {SECRET_NAME}: mount Secret {CA_SECRET_NAME} "
+                                                    f"at {CA_MOUNT_PATH}"))
+    return problems
+
+
+def admission_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """Pods created by Airflow's tasks are held to the worker's image, service account and Secrets."""
+    from core import settings as settings_mod
+    from orchestration.worker import CA_SECRET_NAME, SECRET_NAME
+
+    defaults = {s.env: s.default for s in settings_mod.SETTINGS}
+    image_repository = defaults["FP_WORKER_IMAGE"].rsplit(":", 1)[0]
+    policies = [d for _, d in documents if d.get("kind") == "ValidatingAdmissionPolicy"]
+    bindings = [d for _, d in documents if d.get("kind") == "ValidatingAdmissionPolicyBinding"]
+    needed = {"the worker image": image_repository, "the worker service account": defaults["FP_K8S_SERVICE_ACCOUNT"],
+              "the worker Secret": SECRET_NAME, "the CA Secret": CA_SECRET_NAME}
+    for policy in policies:
+        conditions = " ".join(c["expression"] for c in policy["spec"].get("matchConditions") or [])
+        text = " ".join(v["expression"] for v in policy["spec"].get("validations") or [])
+        bound = any(b["spec"]["policyName"] == policy["metadata"]["name"] and "Deny" in b["spec"]["validationActions"]
+                    for b in bindings)
+        if "system:serviceaccount:airflow:airflow-worker" in conditions and bound:
+            missing = [what for what, value in needed.items() if value not in text]
+            return [Problem(f"ValidatingAdmissionPolicy {policy['metadata']['name']}", f"does not restrict pods to {w}")
+                    for w in missing]
+    return [Problem("deploy/k8s", "no ValidatingAdmissionPolicy, bound with Deny, on the pods Airflow's tasks create")]
+
+
 def check_all() -> list[Problem]:
     problems = []
     for release in RELEASES:
@@ -327,4 +412,5 @@ def check_all() -> list[Problem]:
     documents = manifests()
     for name, doc in documents:
         problems += check_manifest(name, doc) + workload_problems(name, doc)
-    return problems + serving_problems(documents) + network_problems(documents)
+    return (problems + serving_problems(documents) + network_problems(documents) + egress_problems(documents)
+            + tls_problems(documents) + admission_problems(documents))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core import log as logsetup
 from core import settings as settings_mod
+from core.lease import Busy, LeaseLost
 from core.s3 import StorageError
 from etl import features
 from etl import generate as gen
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("export", help="local CSV path or s3:// URI")
     i.add_argument("--as-of", type=_date, required=True, help="extraction date, YYYY-MM-DD (UTC)")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
-    i.add_argument("--no-validate", action="store_true", help="skip the Great Expectations gate (benchmarks, debugging)")
+    i.add_argument("--no-validate", action="store_true", help="skip the raw suite (a file already checked; benchmarks); the features suite always runs")
     sub.add_parser("describe", help="print the feature definitions as a Markdown table")
     args = parser.parse_args(argv)
     logsetup.setup()
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except (Busy, LeaseLost) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
     return 0
 

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core import s3
+from core import lease, s3
 from core.settings import Settings
-from etl import features, schema
+from etl import features, layout, schema
 from etl.layout import partition_key, raw_key, staging_key
 from expectations import gate
 
@@ -51,7 +51,8 @@ class IngestResult:
 
     def summary(self) -> str:
         kept = "already kept" if self.raw_already_kept else "kept"
-        checked = "validated (raw and features suites passed)" if self.validated else "NOT validated (--no-validate)"
+        checked = ("validated (raw and features suites passed)" if self.validated
+                   else "raw suite skipped (--no-validate); features suite passed")
         return (f"ingested {self.source} as of {self.as_of}: {self.rows_in} rows in, {self.rows_out} feature rows out "
                 f"({self.active} active, {self.leavers} leaving) in {self.seconds:.2f}s\n"
                 f"  raw export {kept} at {self.raw_uri}\n"
@@ -135,26 +136,47 @@ def publish(settings: Settings, as_of: date, staged_uri: str, client=None) -> st
     return f"s3://{settings.s3_bucket}/{key}"
 
 
+def publish_exclusively(settings: Settings, as_of: date, staged_uri: str) -> str:
+    """``publish`` under the date's lease, for a pipeline whose steps run in separate processes: it
+    waits for no one and raises lease.Busy while an ingest of the same date is running."""
+    with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"publish of {as_of}"):
+        return publish(settings, as_of, staged_uri)
+
+
 def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
            row_tolerance: float = 0.25) -> IngestResult:
     """Run every ingest step for one export. Raises gate.ValidationFailed (batch quarantined),
-    schema.ContractError (unreadable export) or s3.StorageError."""
+    schema.ContractError (unreadable export), s3.StorageError, or lease.Busy / lease.LeaseLost
+    (another run of the same date)."""
     started = time.perf_counter()
     check_extraction_date(source, as_of, future=not validate)
     data, file_name = s3.read_source(settings, source)
+    with s3.storage_errors(settings, f"store the run for {as_of} (nothing is published until the last step; "
+                                     "re-run when S3 answers)"):
+        s3.ensure_bucket(settings)
+        # One run per extraction date at a time, across machines: a second one stops (lease.Busy)
+        # before writing anything, so exactly one version is published and exit codes tell the truth.
+        with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"ingest of {as_of} ({file_name})") as held:
+            return _ingest(settings, source, as_of, validate, row_tolerance, data, file_name, started, held)
+
+
+def _ingest(settings: Settings, source: str, as_of: date, validate: bool, row_tolerance: float, data: bytes,
+            file_name: str, started: float, held: lease.Lease) -> IngestResult:
     client = s3.client(settings)
-    s3.ensure_bucket(settings, client)
     # The raw file is kept before anything can reject it: a bad export is never lost.
     raw_uri, already = keep_raw(settings, as_of, data, file_name, client)
     if validate:
-        outcome = gate.validate(settings, "raw", source, as_of=as_of, data=data, row_tolerance=row_tolerance)
+        outcome = gate.validate(settings, "raw", source, as_of=as_of, data=data, row_tolerance=row_tolerance,
+                                kept_at=raw_uri)
         if not outcome.passed:
             raise gate.ValidationFailed(outcome)
     table, payload, staged_uri = stage_features(settings, data, source, as_of, client)
-    if validate:
-        outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance)
-        if not outcome.passed:
-            raise gate.ValidationFailed(outcome)
+    # Always, --no-validate included: nothing the features suite rejects is ever published.
+    outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance,
+                            previous_rows=gate.previous_row_count(settings, as_of), publish_report=validate)
+    if not outcome.passed:
+        raise gate.ValidationFailed(outcome)
+    held.check()  # a run whose lease expired and was taken over must not publish over the newer run
     features_uri = publish(settings, as_of, staged_uri, client)
     active = pc.sum(pc.cast(table[features.ACTIVE], pa.int64())).as_py() or 0
     result = IngestResult(

@@ -5,6 +5,7 @@
     <features prefix>/extraction_date=D/part-0.parquet             published features (what Feast reads)
     <quarantine prefix>/<suite>/extraction_date=D/<run id>/        rejected batches with reason.json
     validation-reports/<suite>/extraction_date=D/<run id>/         Data Docs of every validation
+    locks/<features prefix>/extraction_date=D                      the lease of the run ingesting D (core.lease)
     online/<feast project>/served.json                             the extraction Redis serves (written last)
     models/attrition/<version>/, models/attrition/latest.json      model artifacts, the promoted model
 """
@@ -42,6 +43,10 @@ def staging_key(settings: Settings, as_of: date, run: str) -> str:
 
 def staging_prefix(settings: Settings, as_of: date) -> str:
     return f"staging/{partition_prefix(settings, as_of)}"
+
+
+def ingest_lock_key(settings: Settings, as_of: date) -> str:
+    return f"locks/{partition_prefix(settings, as_of).rstrip('/')}"
 
 
 def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:

@@ -100,8 +100,42 @@ class ContractError(ValueError):
     """The export does not follow the raw contract. The message names the file, column and problem."""
 
 
+# Far above any real export (35 columns, rows of about 200 bytes) and far below what hurts: a
+# hostile file is refused before a parser spends gigabytes on it.
+MAX_COLUMNS = 200
+MAX_LINE_BYTES = 64 * 1024
+
+
+def check_shape(data: bytes, source: str) -> None:
+    """Line endings, line length and column count, before any parser reads the file."""
+    newline = data.find(b"\n", 0, MAX_LINE_BYTES + 1)
+    first_line = data[: newline if newline >= 0 else MAX_LINE_BYTES + 1]
+    if b"\r" in first_line.rstrip(b"\r"):
+        raise ContractError(f"{source}: lines end with a lone CR (old Mac format); save the export as CSV with LF "
+                            "or CRLF line endings")
+    columns = first_line.count(b",") + 1
+    if columns > MAX_COLUMNS:
+        raise ContractError(f"{source}: header has {'at least ' if newline < 0 else ''}{columns} columns; an export "
+                            f"has {len(RAW_COLUMNS)} and at most {MAX_COLUMNS} are read")
+    start, line = 0, 1
+    while True:
+        end = data.find(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if end < 0:
+            if len(data) - start > MAX_LINE_BYTES:
+                raise ContractError(f"{source}: line {line} is longer than {MAX_LINE_BYTES} bytes; an export row "
+                                    "is a few hundred (a truncated or corrupted file?)")
+            return
+        start, line = end + 1, line + 1
+
+
+def _listed(names: list[str], shown: int = 10) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def read_header(data: bytes, source: str) -> list[str]:
     """The export's column names as every reader takes them (BOM, quotes and spaces removed)."""
+    check_shape(data, source)
     first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not first_line.strip():
         raise ContractError(f"{source}: empty file, expected a header with {len(RAW_COLUMNS)} columns")
@@ -118,11 +152,11 @@ def check_header(columns: list[str], source: str) -> None:
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     problems = []
     if missing:
-        problems.append(f"missing column(s) {', '.join(missing)}")
+        problems.append(f"missing column(s) {_listed(missing)}")
     if unknown:
-        problems.append(f"unknown column(s) {', '.join(unknown)}")
+        problems.append(f"unknown column(s) {_listed(unknown)}")
     if duplicated:
-        problems.append(f"duplicated column(s) {', '.join(duplicated)}")
+        problems.append(f"duplicated column(s) {_listed(duplicated)}")
     if problems:
         raise ContractError(f"{source}: " + "; ".join(problems))
 

@@ -317,8 +317,11 @@ def _publish_report(settings: Settings, report: str, docs_dir: Path, prefix: str
 
 def validate(settings: Settings, suite: str, source: str, *, as_of: date | None = None, data: bytes | None = None,
              previous_rows: int | None = None, row_tolerance: float = 0.25, quarantine: bool = True,
-             publish_report: bool = True) -> Outcome:
-    """Validate one batch against suite "raw" or "features"; quarantine it when it fails."""
+             publish_report: bool = True, kept_at: str | None = None) -> Outcome:
+    """Validate one batch against suite "raw" or "features"; quarantine it when it fails.
+
+    ``kept_at``: the batch is already stored there (the raw export an ingest kept); the quarantine
+    then records that location instead of storing the bytes a second time."""
     started = time.perf_counter()
     suite_name = SUITES[suite]
     as_of = as_of or as_of_from_path(source)
@@ -358,11 +361,13 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
                                              f"validation-reports/{suite_name}/{partition}/{run_id}", client)
     if quarantine and not outcome.passed:
         prefix = f"{settings.s3_quarantine_prefix}/{suite_name}/{partition}/{run_id}"
-        name = safe_name(source.rstrip("/").rsplit("/", 1)[-1] or "batch")
-        if name == "reason.json":
-            name = "batch-reason.json"  # the batch must never overwrite its own reason
-        s3.put_bytes(settings, f"{prefix}/{name}", data, s3=client)
-        reason = {"suite": suite_name, "source": source, "extraction_date": outcome.as_of, "rows": outcome.rows,
+        if kept_at is None:
+            name = safe_name(source.rstrip("/").rsplit("/", 1)[-1] or "batch")
+            if name == "reason.json":
+                name = "batch-reason.json"  # the batch must never overwrite its own reason
+            kept_at = s3.put_bytes(settings, f"{prefix}/{name}", data, s3=client).uri
+        reason = {"suite": suite_name, "source": source, "batch": kept_at, "extraction_date": outcome.as_of,
+                  "rows": outcome.rows,
                   "failures": [asdict(f) for f in outcome.failures], "warnings": [asdict(w) for w in outcome.warnings],
                   "report": outcome.report_uri, "quarantined_at": run_id}
         s3.put_bytes(settings, f"{prefix}/reason.json", json.dumps(reason, indent=2, default=str).encode(),

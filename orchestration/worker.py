@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT_LINES_ON_FAILURE = 30
 SECRET_NAME = "feature-platform-credentials"  # keys: deploy/k8s/secrets.example.yaml
+CA_SECRET_NAME = "feature-platform-ca"  # ca.crt: verifies the Redis and registry TLS certificates
+CA_MOUNT_PATH = "/etc/feature-platform/tls"
 
 
 @dataclass(frozen=True)
@@ -96,9 +98,12 @@ def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):
             allow_privilege_escalation=False, read_only_root_filesystem=True, run_as_non_root=True,
             capabilities=k8s.V1Capabilities(drop=["ALL"]),
         ),
-        # A writable /tmp on a read-only root filesystem (Feast, pyarrow and botocore write temp files).
-        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi"))],
-        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        # A writable /tmp on a read-only root filesystem (Feast, pyarrow and botocore write temp files),
+        # and the CA that Redis and registry TLS certificates are verified against.
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi")),
+                 k8s.V1Volume(name="platform-ca", secret=k8s.V1SecretVolumeSource(secret_name=CA_SECRET_NAME))],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+                       k8s.V1VolumeMount(name="platform-ca", mount_path=CA_MOUNT_PATH, read_only=True)],
         # name: selected by the worker NetworkPolicy; *-client: admitted by the Redis and registry DB policies.
         labels={"app.kubernetes.io/name": "feature-platform-worker", "app.kubernetes.io/part-of": "hr-feature-platform",
                 "app.kubernetes.io/component": spec.task_id, "redis-client": "true",

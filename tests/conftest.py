@@ -14,6 +14,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import date
@@ -149,6 +150,50 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subpro
     """Run one of our CLIs as an operator would, with this process's environment."""
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+class HangingProxy:
+    """A TCP proxy in front of a real server that starts to hang (connections accepted, nothing
+    relayed, as with a SIGSTOPped server) once a request containing ``trigger`` goes through it."""
+
+    def __init__(self, port: int, trigger: bytes):
+        self.target, self.trigger = port, trigger
+        self.hanging = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._relay, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, requests: bool):
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if requests and self.trigger in data:
+                self.hanging.set()
+            if not self.hanging.is_set():
+                try:
+                    sink.sendall(data)
+                except OSError:
+                    return
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
 
 
 class WebhookListener:

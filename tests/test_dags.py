@@ -17,6 +17,7 @@ from kubernetes.client import ApiClient
 from conftest import ROOT
 from core import settings as settings_mod
 from orchestration import local_airflow
+from deploy import check as check_mod
 from deploy.check import TARGET_KUBERNETES_VERSION
 from orchestration.worker import LocalCommandOperator, kubernetes_operator, worker_spec
 
@@ -165,6 +166,9 @@ def test_rendered_pod_spec_validates_strictly(task_id, argv):
     assert ":" in container["image"] and not container["image"].endswith(":latest")
     assert container["command"] + container["args"] == argv
     assert manifest["spec"]["serviceAccountName"] == settings.k8s_service_account
+    assert check_mod._mounts_ca(manifest["spec"]), "the CA that verifies Redis and registry TLS is mounted"
+    policy = next(d for _, d in check_mod.manifests() if d["kind"] == "ValidatingAdmissionPolicy")
+    assert container["image"].rsplit(":", 1)[0] in str(policy), "the admission policy admits the rendered image"
 
 
 def test_a_typo_in_a_pod_spec_fails_validation():

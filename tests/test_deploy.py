@@ -126,6 +126,57 @@ def test_the_network_is_default_deny_and_the_stores_admit_only_clients():
     assert "no default-deny NetworkPolicy" in str(check.network_problems(without_deny))
 
 
+def _documents():
+    import copy
+
+    return [(n, copy.deepcopy(d)) for n, d in check.manifests()]
+
+
+def _named(documents, kind, name):
+    return next(d for _, d in documents if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+SECURITY_PLANTED = {
+    "worker egress to any address": (lambda docs: _named(docs, "NetworkPolicy", "feature-platform-worker")["spec"]
+                                     ["egress"][0].pop("to"), check.egress_problems, r"allows any address"),
+    "internet egress reaching the metadata service": (
+        lambda docs: _named(docs, "NetworkPolicy", "attrition-api")["spec"]["egress"][2]["to"][0]["ipBlock"]
+        .__setitem__("except", []), check.egress_problems, r"169\.254\.0\.0/16"),
+    "feature server without the CA": (
+        lambda docs: _named(docs, "Deployment", "feature-server")["spec"]["template"]["spec"]["containers"][0]
+        ["volumeMounts"].pop(), check.tls_problems, r"feature-server\).*mount Secret feature-platform-ca"),
+    "no admission policy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "ValidatingAdmissionPolicy")),
+                            check.admission_problems, r"no ValidatingAdmissionPolicy"),
+    "admission policy only warns": (
+        lambda docs: _named(docs, "ValidatingAdmissionPolicyBinding", "feature-platform-worker-pods")["spec"]
+        .__setitem__("validationActions", ["Warn"]), check.admission_problems, r"no ValidatingAdmissionPolicy"),
+    "any Secret admitted": (
+        lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]["validations"]
+        .pop(3), check.admission_problems, r"does not restrict pods to the worker Secret"),
+}
+
+
+def test_security_checks_pass_on_the_repository():
+    documents = check.manifests()
+    assert check.egress_problems(documents) == check.tls_problems(documents) == check.admission_problems(documents) == []
+
+
+@pytest.mark.parametrize("case", list(SECURITY_PLANTED))
+def test_planted_security_mistakes_are_caught(case):
+    mutate, checker, expected = SECURITY_PLANTED[case]
+    documents = _documents()
+    mutate(documents)
+    assert re.search(expected, "\n".join(map(str, checker(documents)))), checker(documents)
+
+
+@pytest.mark.parametrize("release", ["redis", "feast-registry-db"])
+def test_redis_and_the_registry_database_require_tls(release):
+    layers = layers_of(release)
+    layers[0]["tls"]["enabled"] = False
+    problems = check.tls_problems(check.manifests(), {release: layers})
+    assert [str(p) for p in problems] == [f"{release}: tls.enabled: must be true (clients verify the certificate)"]
+
+
 def test_redis_policy_suits_feast_keys():
     merged, _ = check.release_values("redis")
     assert "maxmemory-policy noeviction" in merged["commonConfiguration"]

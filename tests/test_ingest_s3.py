@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from datetime import date
+from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, HangingProxy, isolated, run_cli
 from core import s3
+from core.lease import Lease
 from etl import ingest as ing
 from etl import layout
 from etl.layout import partition_key, partition_prefix, raw_key
@@ -147,8 +150,29 @@ def test_no_validate_never_publishes_duplicate_employees(stack, exports, tmp_pat
     assert s3.list_keys(stack, partition_prefix(stack, day)) == []
 
 
+def test_no_validate_still_runs_the_features_suite(stack, exports, tmp_path):
+    """A tenure of 99 years: the raw suite (skipped) and the features suite would both refuse it;
+    with --no-validate the features suite still does, and nothing is published."""
+    lines = exports[-1].read_text().splitlines()
+    at = lines[0].split(",").index("YearsAtCompany")
+    row = lines[1].split(",")
+    row[at] = "99"
+    day = date(2026, 4, 30)
+    path = tmp_path / export_name(day)
+    path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "employee_features" in proc.stderr and "tenure" in proc.stderr
+    assert s3.list_keys(stack, partition_prefix(stack, day)) == []
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    assert proc.returncode == 0 and "raw suite skipped (--no-validate); features suite passed" in proc.stdout
+
+
 def test_concurrent_ingests_of_one_date_publish_one_complete_version(stack, exports, tmp_path):
-    """Each run stages under its own key: no run deletes another's staging object or fails with a 404."""
+    """Two runs of one date, started together with different exports: every run that exits 0
+    published exactly its own version, a run that found the date busy exits 4 having written
+    nothing, and the partition is one complete version, never a mix."""
     day = date(2026, 5, 31)
     lines = exports[0].read_text().splitlines()
     versions = {}
@@ -158,13 +182,31 @@ def test_concurrent_ingests_of_one_date_publish_one_complete_version(stack, expo
         path = folder / export_name(day)
         path.write_text("\n".join(lines[:keep]) + "\n")
         versions[name] = keep - 1
-    procs = [subprocess.Popen([sys.executable, "-m", "etl", "ingest", str(tmp_path / n / export_name(day)),
-                               "--as-of", day.isoformat(), "--no-validate"], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for n in versions]
-    outcomes = [(p.wait(120), p.stderr.read()) for p in procs]
-    assert [code for code, _ in outcomes] == [0, 0], outcomes
-    assert layout.read_partition(stack, day).num_rows in set(versions.values())
+    procs = {n: subprocess.Popen([sys.executable, "-m", "etl", "ingest", str(tmp_path / n / export_name(day)),
+                                  "--as-of", day.isoformat(), "--no-validate"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for n in versions}
+    outcomes = {n: (p.wait(120), p.stderr.read()) for n, p in procs.items()}
+    assert {code for code, _ in outcomes.values()} <= {0, 4}, outcomes
+    assert all("another run holds" in err for code, err in outcomes.values() if code == 4), outcomes
+    winners = [n for n, (code, _) in outcomes.items() if code == 0]
+    assert winners, outcomes
+    assert layout.read_partition(stack, day).num_rows in {versions[n] for n in winners}
     assert s3.list_keys(stack, layout.staging_prefix(stack, day)) == [], "each run removed its own staging object"
+    assert not s3.exists(stack, layout.ingest_lock_key(stack, day)), "the lease was released"
+
+
+def test_an_ingest_of_a_busy_date_writes_nothing_and_exits_4(stack, exports, tmp_path):
+    day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
+    settings = isolated(stack, tmp_path, "busy")
+    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
+    with Lease(settings, layout.ingest_lock_key(settings, day), "a long ingest"):
+        busy = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
+    assert busy.returncode == 4, busy.stderr[-2000:]
+    assert "another run holds" in busy.stderr and "a long ingest" in busy.stderr and "Traceback" not in busy.stderr
+    assert s3.list_keys(settings, settings.s3_raw_prefix + "/") == [] and layout.list_partitions(settings) == []
+    done = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert layout.list_partitions(settings) == [day]
 
 
 def test_links_and_folders_are_refused_as_exports(stack, exports, tmp_path):
@@ -188,3 +230,69 @@ def test_storage_errors_are_one_line_with_exit_3(stack, source, message):
     assert proc.returncode == 3, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_s3_hanging_mid_ingest_fails_in_bounded_time_with_exit_3(stack, exports, tmp_path):
+    """S3 stops answering when the run stages its features (after the raw export was kept): the
+    ingest ends within its S3 deadlines (3 tries of FP_S3_TIMEOUT_SECONDS) with exit 3 and one
+    line, nothing is published, and a re-run publishes. The 300 s limit only detects a hang."""
+    settings = isolated(stack, tmp_path, "hang")
+    day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
+    proxy = HangingProxy(urlparse(stack.s3_endpoint_url).port, trigger=b"/staging/")
+    env = {"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "FP_S3_TIMEOUT_SECONDS": "2",
+           "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
+    try:
+        hung = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env, timeout=300)
+    finally:
+        proxy.close()
+    assert proxy.hanging.is_set(), "the fault was injected at the staging write"
+    assert hung.returncode == 3, hung.stderr[-2000:]
+    errors = [line for line in hung.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in hung.stderr and len(errors) == 1, hung.stderr
+    assert "failed to store the run for" in hung.stderr and "ReadTimeout" in hung.stderr
+    assert layout.list_partitions(settings) == [], "nothing published"
+    assert s3.list_keys(settings, settings.s3_raw_prefix), "the raw export was kept before the fault"
+    rerun = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(),
+                    env={k: v for k, v in env.items() if k != "FP_S3_ENDPOINT_URL"})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert layout.list_partitions(settings) == [day]
+
+
+def _lone_cr(text: str) -> bytes:
+    return text.replace("\n", "\r").encode()
+
+
+def _many_columns(text: str) -> bytes:
+    return (",".join(f"c{i}" for i in range(50_000)) + "," + text).encode()
+
+
+def _long_line(text: str) -> bytes:
+    lines = text.splitlines()
+    return "\n".join([*lines[:5], lines[5] + "9" * (2 << 20), *lines[6:]]).encode()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_lone_cr, "lone CR"), (_many_columns, "header has at least"), (_long_line, "line 6 is longer than 65536 bytes")])
+def test_hostile_shapes_are_refused_in_one_short_line_and_quarantined_once(stack, exports, tmp_path, damage, message):
+    """Lone-CR line endings, 50,000 columns, a 2 MB line: the gate and the reader refuse the file
+    alike, before parsing it; the message is short; the batch is stored once (raw/), and the
+    quarantine's reason points at it instead of holding a second copy."""
+    settings = isolated(stack, tmp_path, "shape")
+    day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
+    bad = tmp_path / exports[-1].name
+    bad.write_bytes(damage(exports[-1].read_text()))
+    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+           "FP_S3_QUARANTINE_PREFIX": f"{settings.s3_raw_prefix}-quarantine"}
+    validated = run_cli("etl", "ingest", str(bad), "--as-of", day.isoformat(), env=env)
+    assert validated.returncode == 1 and message in validated.stderr, validated.stderr[-2000:]
+    assert len(validated.stderr) < 5000, "the refusal is short whatever the file holds"
+    unvalidated = run_cli("etl", "ingest", str(bad), "--as-of", day.isoformat(), "--no-validate", env=env)
+    assert unvalidated.returncode == 2 and message in unvalidated.stderr, unvalidated.stderr[-2000:]
+    assert layout.list_partitions(settings) == []
+    (raw,) = s3.list_keys(settings, settings.s3_raw_prefix + "/")
+    assert s3.get_bytes(settings, raw) == bad.read_bytes()
+    quarantined = s3.list_keys(settings, f"{settings.s3_raw_prefix}-quarantine/")
+    assert [key.rsplit("/", 1)[-1] for key in quarantined] == ["reason.json"], quarantined
+    reason = json.loads(s3.get_bytes(settings, quarantined[0]))
+    assert reason["batch"] == f"s3://{settings.s3_bucket}/{raw}"
+    assert message in json.dumps(reason["failures"])

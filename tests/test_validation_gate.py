@@ -116,10 +116,10 @@ def test_bad_export_is_stopped_quarantined_and_not_served(case, gate_settings, g
     assert outcome.quarantine_uri
     _, prefix = s3.parse_uri(outcome.quarantine_uri)
     keys = s3.list_keys(gate_settings, prefix)
-    assert f"{prefix}{path.name}" in keys and f"{prefix}reason.json" in keys
+    assert keys == [f"{prefix}reason.json"], "the batch is stored once: in raw/, which the reason points at"
     reason = json.loads(s3.get_bytes(gate_settings, f"{prefix}reason.json"))
     assert reason["source"] == str(path) and any(f["rule"] == rule for f in reason["failures"])
-    assert s3.get_bytes(gate_settings, f"{prefix}{path.name}") == path.read_bytes()
+    assert s3.get_bytes(gate_settings, s3.parse_uri(reason["batch"])[1]) == path.read_bytes()
 
     # Nothing lost: the raw export is kept as received. Nothing served: no partition for the bad
     # date, and the previous good partition is untouched.
@@ -234,8 +234,9 @@ def test_pay_and_demographics_leave_no_trace_outside_raw_and_quarantine(gate_set
     from orchestration import alerts
 
     def change(frame):
-        frame.loc[frame.index[:4], "MonthlyIncome"] = "987654"
-        frame.loc[frame.index[4:6], "Age"] = "4242x"
+        # Seven digits: long enough never to appear by chance in a timestamp, a run id or a hash.
+        frame.loc[frame.index[:4], "MonthlyIncome"] = "9876543"
+        frame.loc[frame.index[4:6], "Age"] = "4242424x"
         frame.loc[frame.index[:2], "JobSatisfaction"] = "0"
     path = tmp_path / f"hr_export_{BAD_DAY}.csv"
     path.write_bytes(edit(good_export, change))
@@ -255,8 +256,10 @@ def test_pay_and_demographics_leave_no_trace_outside_raw_and_quarantine(gate_set
     for name, text in [("reason.json", reason), ("the error", str(raised.value)), ("logs", caplog.text),
                        ("alert", alert.decode()), *((f"report {i}", r) for i, r in enumerate(reports)),
                        *((f"local docs {i}", d) for i, d in enumerate(local_docs))]:
-        assert "987654" not in text and "4242" not in text, f"a salary or an age is in {name}"
-    assert path.read_bytes() == s3.get_bytes(gate_settings, f"{prefix}{path.name}"), "quarantine keeps the batch"
+        assert "9876543" not in text and "4242424" not in text, f"a salary or an age is in {name}"
+    kept = s3.parse_uri(json.loads(reason)["batch"])[1]
+    assert kept.startswith(gate_settings.s3_raw_prefix + "/"), "the batch stays in raw/, access-controlled"
+    assert path.read_bytes() == s3.get_bytes(gate_settings, kept), "the quarantine's reason points at the batch"
 
 
 def test_a_csv_given_to_the_features_suite_is_a_clear_error(good_export, tmp_path):

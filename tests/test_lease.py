@@ -1,0 +1,70 @@
+"""core.lease against the real S3 API: one holder, expiry and takeover, a lost lease noticed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from core import s3
+from core.lease import Busy, Lease, LeaseLost
+
+pytestmark = pytest.mark.integration
+
+
+def _key(name: str) -> str:
+    return f"locks/test/{name}-{os.urandom(4).hex()}"
+
+
+def _plant(stack, key: str, host: str, pid: int, expires: datetime) -> None:
+    s3.client(stack).put_object(Bucket=stack.s3_bucket, Key=key, Body=json.dumps({
+        "what": "an earlier run", "host": host, "pid": pid, "renewed": expires.isoformat(),
+        "expires": expires.isoformat()}).encode())
+
+
+def test_one_holder_at_a_time_and_released_after(stack):
+    key = _key("one")
+    with Lease(stack, key, "first"):
+        with pytest.raises(Busy, match="another run holds .* first by pid"):
+            Lease(stack, key, "second").acquire()
+    assert not s3.exists(stack, key), "released on exit"
+    with Lease(stack, key, "second"):
+        assert s3.exists(stack, key)
+
+
+def test_an_expired_lease_is_taken_over_a_live_one_is_not(stack):
+    key = _key("expiry")
+    now = datetime.now(timezone.utc)
+    _plant(stack, key, "another-host", 1, now + timedelta(minutes=5))
+    with pytest.raises(Busy, match="expires in"):
+        Lease(stack, key, "waiting").acquire()
+    _plant(stack, key, "another-host", 1, now - timedelta(seconds=1))
+    with Lease(stack, key, "after expiry") as lease:
+        assert json.loads(s3.get_bytes(stack, key))["what"] == "after expiry"
+        lease.check()
+
+
+def test_a_dead_holder_on_this_machine_is_taken_over_at_once(stack):
+    key = _key("dead")
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    _plant(stack, key, socket.gethostname(), dead, datetime.now(timezone.utc) + timedelta(minutes=5))
+    with Lease(stack, key, "re-run"):
+        assert json.loads(s3.get_bytes(stack, key))["pid"] == os.getpid()
+
+
+def test_a_lease_taken_over_meanwhile_is_noticed_before_the_step_that_must_happen_once(stack):
+    key = _key("lost")
+    lease = Lease(stack, key, "slow run").acquire()
+    try:
+        _plant(stack, key, "another-host", 1, datetime.now(timezone.utc) + timedelta(minutes=5))
+        with pytest.raises(LeaseLost, match="taken over by another run"):
+            lease.check()
+    finally:
+        lease.release()
+    assert json.loads(s3.get_bytes(stack, key))["host"] == "another-host", "never deletes another run's lease"

@@ -1,0 +1,146 @@
+"""The online store over TLS (rediss://) with the certificate and host name verified, for every
+Redis client of the platform: materialization (Feast's sync client), the feature server's reads
+(Feast's async client) and the online store check (redis-py from the URL).
+
+valkey-server from PyPI is built without TLS, so the TLS endpoint is Python's own `ssl` server in
+front of a dedicated valkey: what is tested is the clients' TLS configuration, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+import threading
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import dedicated_valkey, ingest_exports, isolated, run_cli
+from features import online
+from features import store as fs
+from monitoring import health
+
+pytestmark = pytest.mark.integration
+
+
+def _certificate(name: str, issuer_key, issuer_name, key, ca: bool = False):
+    now = datetime.now(timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, and two server certificates it signed: for localhost, and for another host name."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test CA", ca_key, None, ca_key, ca=True)
+    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for host in ("localhost", "redis.elsewhere.example"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(host, ca_key, ca.subject, key)
+        (folder / f"{host}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{host}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    return folder
+
+
+class TlsEndpoint:
+    """TLS on a free port, relaying the decrypted stream to a plain TCP server."""
+
+    def __init__(self, target: int, cert, key):
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()  # the client refused our certificate: what a verifying client must do
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        self.sockets += [client, upstream]
+        threading.Thread(target=self._relay, args=(upstream, client), daemon=True).start()
+        self._relay(client, upstream)
+
+    @staticmethod
+    def _relay(source, sink):
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
+
+
+def _env(settings) -> dict:
+    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
+            "FP_REDIS_URL": settings.redis_url}
+
+
+def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
+    with dedicated_valkey(tmp_path) as (port, _):
+        good = TlsEndpoint(port, pki / "localhost.crt", pki / "localhost.key")
+        wrong = TlsEndpoint(port, pki / "redis.elsewhere.example.crt", pki / "redis.elsewhere.example.key")
+        try:
+            settings = replace(isolated(stack, tmp_path, "tls"),
+                               redis_url=f"rediss://localhost:{good.port}/0?ssl_ca_certs={pki / 'ca.crt'}")
+            ingest_exports(settings, exports[-2:])
+            assert run_cli("features", "apply", env=_env(settings)).returncode == 0
+            loaded = run_cli("features", "materialize-incremental", env=_env(settings))
+            assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+            store = fs.open_store(settings)
+            active = online.served_roster(settings).active_ids()[:5]
+            assert len(online.online_vectors(store, settings, active)) == 5  # sync client
+            service = store.get_feature_service(online.FEATURE_SERVICE)
+
+            async def read():  # the feature server's client
+                response = await store.get_online_features_async(features=service,
+                                                                 entity_rows={"employee_id": active})
+                return response.to_dict()["tenure"]
+            assert None not in asyncio.run(read())
+            assert health.check(settings).healthy  # redis-py from the URL
+
+            # A certificate for another host name, or no CA to check it against: refused.
+            for url in (f"rediss://localhost:{wrong.port}/0?ssl_ca_certs={pki / 'ca.crt'}",
+                        f"rediss://localhost:{good.port}/0"):
+                refused = run_cli("features", "online", "--employee-id", str(active[0]),
+                                  env={**_env(settings), "FP_REDIS_URL": url})
+                assert refused.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr[-2000:]
+        finally:
+            good.close()
+            wrong.close()
