@@ -152,12 +152,15 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subpro
                           env={**os.environ, **(env or {})})
 
 
-class HangingProxy:
-    """A TCP proxy in front of a real server that starts to hang (connections accepted, nothing
-    relayed, as with a SIGSTOPped server) once a request containing ``trigger`` goes through it."""
+class Proxy:
+    """A TCP proxy on a free port in front of a real server on 127.0.0.1:``port``.
 
-    def __init__(self, port: int, trigger: bytes):
-        self.target, self.trigger = port, trigger
+    ``trigger``: once a request containing it goes through, the proxy hangs (connections accepted,
+    nothing relayed, as with a SIGSTOPped server). ``tls``: the proxy's side is TLS (an
+    ``ssl.SSLContext`` for a server), the server's side plain."""
+
+    def __init__(self, port: int, trigger: bytes | None = None, tls=None):
+        self.target, self.trigger, self.tls = port, trigger, tls
         self.hanging = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -170,10 +173,19 @@ class HangingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._relay, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+
+    def _connect(self, client):
+        if self.tls is not None:
+            try:
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:  # ssl.SSLError included: the client refused the certificate
+                client.close()
+                return
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        self.sockets += [client, upstream]
+        threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
+        self._relay(client, upstream, True)
 
     def _relay(self, source: socket.socket, sink: socket.socket, requests: bool):
         while True:
@@ -183,7 +195,7 @@ class HangingProxy:
                 return
             if not data:
                 return
-            if requests and self.trigger in data:
+            if requests and self.trigger is not None and self.trigger in data:
                 self.hanging.set()
             if not self.hanging.is_set():
                 try:

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ROOT, HangingProxy, isolated, run_cli
+from conftest import ROOT, Proxy, isolated, run_cli
 from core import s3
 from core.lease import Lease
 from etl import ingest as ing
@@ -238,7 +238,7 @@ def test_s3_hanging_mid_ingest_fails_in_bounded_time_with_exit_3(stack, exports,
     line, nothing is published, and a re-run publishes. The 300 s limit only detects a hang."""
     settings = isolated(stack, tmp_path, "hang")
     day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
-    proxy = HangingProxy(urlparse(stack.s3_endpoint_url).port, trigger=b"/staging/")
+    proxy = Proxy(urlparse(stack.s3_endpoint_url).port, trigger=b"/staging/")
     env = {"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "FP_S3_TIMEOUT_SECONDS": "2",
            "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
     try:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import ssl
-import threading
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -21,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import dedicated_valkey, ingest_exports, isolated, run_cli
+from conftest import Proxy, dedicated_valkey, ingest_exports, isolated, run_cli
 from features import online
 from features import store as fs
 from monitoring import health
@@ -58,51 +56,10 @@ def pki(tmp_path_factory):
     return folder
 
 
-class TlsEndpoint:
-    """TLS on a free port, relaying the decrypted stream to a plain TCP server."""
-
-    def __init__(self, target: int, cert, key):
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw):
-        try:
-            client = self.context.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):
-            raw.close()  # the client refused our certificate: what a verifying client must do
-            return
-        upstream = socket.create_connection(("127.0.0.1", self.target))
-        self.sockets += [client, upstream]
-        threading.Thread(target=self._relay, args=(upstream, client), daemon=True).start()
-        self._relay(client, upstream)
-
-    @staticmethod
-    def _relay(source, sink):
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    return
-                sink.sendall(data)
-            except OSError:
-                return
-
-    def close(self):
-        for sock in self.sockets:
-            sock.close()
+def _tls_endpoint(port: int, cert, key) -> Proxy:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return Proxy(port, tls=context)
 
 
 def _env(settings) -> dict:
@@ -113,8 +70,8 @@ def _env(settings) -> dict:
 
 def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
     with dedicated_valkey(tmp_path) as (port, _):
-        good = TlsEndpoint(port, pki / "localhost.crt", pki / "localhost.key")
-        wrong = TlsEndpoint(port, pki / "redis.elsewhere.example.crt", pki / "redis.elsewhere.example.key")
+        good = _tls_endpoint(port, pki / "localhost.crt", pki / "localhost.key")
+        wrong = _tls_endpoint(port, pki / "redis.elsewhere.example.crt", pki / "redis.elsewhere.example.key")
         try:
             settings = replace(isolated(stack, tmp_path, "tls"),
                                redis_url=f"rediss://localhost:{good.port}/0?ssl_ca_certs={pki / 'ca.crt'}")
