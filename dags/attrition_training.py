@@ -48,8 +48,11 @@ FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, grou
     },
 )
 def attrition_training():
+    # Exit status 2 is "not enough data yet" (too little history for labels and a test period): the
+    # task ends skipped, and its log says what is missing, instead of failing and alerting.
     worker_task("train_model", ["python", "-m", "training", "train", "--horizon-extractions", "{{ params.horizon_extractions }}"],
-                SETTINGS, resources=Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"))
+                SETTINGS, resources=Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"),
+                skip_on_exit_code=2)
 
 
 attrition_training_dag = attrition_training()

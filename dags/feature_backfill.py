@@ -3,7 +3,8 @@
 
 Re-ingests and re-materializes a range of extraction dates, safely and idempotently:
 
-1. **plan**: the exports in the inbox dated within [*start_date*, *end_date*];
+1. **plan**: the exports in the inbox dated within [*start_date*, *end_date*] (empty: from the inbox's
+   first export to its last);
 2. **reingest** (one mapped task per export, when *reingest* is on): keep raw, validate, publish,
    exactly as the nightly pipeline does; re-running a date replaces its partition;
 3. **apply_definitions**: `feast apply`, only when the feature definitions changed (on a fresh
@@ -48,10 +49,12 @@ DEFAULT_INBOX = settings_mod.raw("FP_INBOX")
         "on_failure_callback": alerts.AlertNotifier(),
     },
     params={
-        "start_date": Param(f"{date.today().year}-01-01", type="string", format="date", title="First extraction date",
-                            description="First extraction date of the window (inclusive)."),
-        "end_date": Param(date.today().isoformat(), type="string", format="date", title="Last extraction date",
-                          description="Last extraction date of the window (inclusive)."),
+        "start_date": Param(None, type=["null", "string"], format="date", title="First extraction date",
+                            description="First extraction date of the window (inclusive); empty: the inbox's "
+                                        "first export."),
+        "end_date": Param(None, type=["null", "string"], format="date", title="Last extraction date",
+                          description="Last extraction date of the window (inclusive); empty: the inbox's "
+                                      "last export."),
         "inbox": Param(DEFAULT_INBOX, type="string", title="Inbox",
                        description="Folder or s3:// prefix holding hr_export_YYYY-MM-DD.csv files."),
         "reingest": Param(True, type="boolean", title="Re-ingest exports",
@@ -66,14 +69,12 @@ def feature_backfill():
         from pipeline import steps
 
         params = get_current_context()["params"]
-        start, end = date.fromisoformat(params["start_date"]), date.fromisoformat(params["end_date"])
-        if end < start:
-            raise ValueError(f"end_date {end} is before start_date {start}")
         settings = settings_mod.load()
         try:
             found = steps.list_exports(settings, params["inbox"])
-        except steps.InboxNotAllowed as exc:
-            raise AirflowFailException(str(exc)) from None  # a wrong location does not get better by retrying
+            start, end = steps.backfill_window(found, params["start_date"], params["end_date"])
+        except (steps.InboxNotAllowed, steps.NoExportError, ValueError) as exc:
+            raise AirflowFailException(str(exc)) from None  # a wrong location or window does not get better by retrying
         exports = [{"as_of": d.isoformat(), "source": p} for d, p in found.items() if start <= d <= end]
         if len(exports) > params["max_exports"]:
             raise ValueError(f"{len(exports)} exports in the window, more than max_exports={params['max_exports']}")

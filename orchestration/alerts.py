@@ -123,20 +123,34 @@ async def post_async(alert: dict[str, Any]) -> bool:
     return response.is_success
 
 
+def _base_url() -> str:
+    """The Airflow UI's address, as Airflow itself builds task log links from it ([api] base_url)."""
+    from airflow.configuration import conf
+
+    return conf.get("api", "base_url", fallback="http://localhost:8080/").rstrip("/")
+
+
 def task_failure_alert(context: dict[str, Any]) -> dict[str, Any]:
+    """Airflow calls on_failure_callback only when no retry follows: after the last try, or at once
+    when the task failed fast (AirflowFailException: bad data, which a retry cannot fix)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     max_tries = getattr(getattr(ti, "task", None), "retries", 0) + 1 if ti else None
     try_number = getattr(ti, "try_number", None)
     exception = context.get("exception")
+    fail_fast = type(exception).__name__ == "AirflowFailException"
     return {
         "kind": "task_failed",
         "title": f"{getattr(ti, 'dag_id', '?')}.{getattr(ti, 'task_id', '?')} failed",
         "dag_id": getattr(ti, "dag_id", None),
         "task_id": getattr(ti, "task_id", None),
         "run_id": getattr(dag_run, "run_id", None) or getattr(ti, "run_id", None),
-        "try": f"{try_number}/{max_tries}" if try_number else None,
-        "retries_exhausted": bool(try_number and max_tries and try_number >= max_tries),
+        "try": try_number,
+        "max_tries": max_tries,
+        "retry_follows": False,
+        "why_no_retry": ("failed fast: retrying cannot fix this (see the error)" if fail_fast
+                         else "every try failed" if try_number and max_tries and try_number >= max_tries
+                         else "no retry configured"),
         "log_url": getattr(ti, "log_url", None),
         "error": f"{type(exception).__name__}: {exception}" if exception else None,
     }
@@ -153,13 +167,20 @@ class AlertNotifier(BaseNotifier):
 
 async def deadline_missed(dag_id: str, deadline: str, context: dict | None = None, **_: Any) -> None:
     """AsyncCallback of the nightly DAG's Deadline Alert."""
+    # Airflow passes the run as its REST representation, where the run id is `dag_run_id`.
     dag_run = (context or {}).get("dag_run") or {}
-    run_id = dag_run.get("run_id") if isinstance(dag_run, dict) else getattr(dag_run, "run_id", None)
+    if isinstance(dag_run, dict):
+        run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
+    else:
+        run_id = getattr(dag_run, "run_id", None)
+    fields = ("state", "queued_at", "start_date", "logical_date", "run_type")
     await post_async({
         "kind": "deadline_missed",
         "title": f"{dag_id} missed its deadline ({deadline})",
         "dag_id": dag_id,
         "run_id": run_id,
         "deadline": deadline,
-        "context": {k: str(v) for k, v in (context or {}).items() if k in {"deadline", "dag_run"}},
+        "deadline_time": str(((context or {}).get("deadline") or {}).get("deadline_time", "")) or None,
+        "run": {k: dag_run.get(k) for k in fields} if isinstance(dag_run, dict) else None,
+        "log_url": f"{_base_url()}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}" if run_id else None,
     })

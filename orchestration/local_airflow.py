@@ -120,9 +120,14 @@ def task_states(dag_id: str, run_id: str) -> dict[str, str]:
 def standalone(settings: Settings, port: int = 8080) -> int:
     """`airflow standalone` on the local stack: UI and API on 127.0.0.1:<port>, every user an admin
     (a laptop only; the Helm deployment configures real authentication)."""
+    # Task logs at INFO: each step says what it read, wrote and decided (in-process test runs keep
+    # WARNING so that a console is not flooded).
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
     env = configure(settings)
     os.environ.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
     os.environ.setdefault("AIRFLOW__API__PORT", str(port))
+    # Log links in alerts and the UI follow the port too.
+    os.environ.setdefault("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']}/")
     os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
     # Task processes reach the API server through this URL; it follows the port chosen above.

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
 
 from core.settings import Settings
 
@@ -47,14 +48,16 @@ def worker_spec(task_id: str, argv: list[str], settings: Settings, resources: Re
 
 
 class LocalCommandOperator(BaseOperator):
-    """Run an argv as a subprocess, streaming its output into the task log; fail on non-zero exit."""
+    """Run an argv as a subprocess, streaming its output into the task log; fail on non-zero exit,
+    or end skipped on an exit status in ``skip_on_exit_code`` (as the KubernetesPodOperator does)."""
 
     template_fields = ("argv", "env")
 
-    def __init__(self, *, argv: list[str], env: dict[str, str], **kwargs):
+    def __init__(self, *, argv: list[str], env: dict[str, str], skip_on_exit_code: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.argv = argv
         self.env = env
+        self.skip_on_exit_code = skip_on_exit_code
 
     def execute(self, context):
         argv = list(self.argv)
@@ -68,6 +71,9 @@ class LocalCommandOperator(BaseOperator):
             self.log.info("%s", line.rstrip())
             tail.append(line.rstrip())
         code = proc.wait()
+        if code != 0 and code == self.skip_on_exit_code:
+            reason = next((line for line in reversed(tail) if line.startswith("error")), tail[-1] if tail else "")
+            raise AirflowSkipException(f"skipped: `{' '.join(self.argv)}` exited with status {code}: {reason}")
         if code != 0:
             # The step's own last lines travel with the failure, whatever the task log's level.
             last = "\n".join(tail)

@@ -80,3 +80,14 @@ def find_export(settings: Settings, inbox: str, run_date: date) -> tuple[date, s
     as_of = max(exports)
     return as_of, exports[as_of]
 
+
+
+def backfill_window(found: dict[date, str], start: str | None, end: str | None) -> tuple[date, date]:
+    """The backfill's window: the given dates, or else the first and the last export in the inbox."""
+    if not found and not (start and end):
+        raise NoExportError("no hr_export_YYYY-MM-DD.csv in the inbox: nothing to backfill")
+    first = date.fromisoformat(start) if start else min(found)
+    last = date.fromisoformat(end) if end else max(found)
+    if last < first:
+        raise ValueError(f"end_date {last} is before start_date {first}")
+    return first, last

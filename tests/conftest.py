@@ -156,11 +156,12 @@ class Proxy:
     """A TCP proxy on a free port in front of a real server on 127.0.0.1:``port``.
 
     ``trigger``: once a request containing it goes through, the proxy hangs (connections accepted,
-    nothing relayed, as with a SIGSTOPped server). ``tls``: the proxy's side is TLS (an
+    nothing relayed, as with a SIGSTOPped server), or with ``die`` drops every connection and
+    refuses new ones (as with a killed server). ``tls``: the proxy's side is TLS (an
     ``ssl.SSLContext`` for a server), the server's side plain."""
 
-    def __init__(self, port: int, trigger: bytes | None = None, tls=None):
-        self.target, self.trigger, self.tls = port, trigger, tls
+    def __init__(self, port: int, trigger: bytes | None = None, tls=None, die: bool = False):
+        self.target, self.trigger, self.tls, self.die = port, trigger, tls, die
         self.hanging = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -197,6 +198,9 @@ class Proxy:
                 return
             if requests and self.trigger is not None and self.trigger in data:
                 self.hanging.set()
+                if self.die:
+                    self.close()
+                    return
             if not self.hanging.is_set():
                 try:
                     sink.sendall(data)

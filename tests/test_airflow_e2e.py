@@ -152,6 +152,14 @@ def test_ui_style_trigger_succeeds_and_the_deadline_alert_arrives(airflow, expor
     assert alerts, f"no deadline alert reached the webhook; received {alert_listener.received}\n{logs}"
     assert alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert alerts[0]["deadline"] == f"{DEADLINE_HOURS:g}h after queued"
+    assert alerts[0]["run_id"] == run_id
+    assert alerts[0]["log_url"].startswith(f"{client.base_url}/dags/hr_feature_pipeline/runs/")
+
+    # Task logs tell the story at INFO: a worker step's own output is in its log.
+    log = client.get(f"/api/v2/dags/hr_feature_pipeline/dagRuns/{run_id}/taskInstances/materialize_incremental/logs/1",
+                     headers={"Accept": "application/json"})
+    assert log.status_code == 200, log.text[:500]
+    assert "features materialize-incremental" in log.text and "serving the extraction of" in log.text, log.text[-3000:]
 
 
 def test_make_airflow_starts_from_a_plain_shell_on_any_port(stack, tmp_path):

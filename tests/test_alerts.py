@@ -36,10 +36,17 @@ def smtp(monkeypatch):
 
 def test_deadline_callback_reaches_webhook_and_email(smtp, webhook, monkeypatch):
     monkeypatch.setenv("FP_ALERT_WEBHOOK_URL", webhook.url)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
+    # The context as Airflow's scheduler builds it: the run in its REST form (run id: dag_run_id).
     asyncio.run(alerts.deadline_missed(dag_id="hr_feature_pipeline", deadline="4h after queued",
-                                       context={"dag_run": {"run_id": "scheduled__2026-11-24T02:00:00+00:00"}}))
+                                       context={"dag_run": {"dag_run_id": "scheduled__2026-11-24T02:00:00+00:00",
+                                                            "state": "running"},
+                                                "deadline": {"id": "d1", "deadline_time": "2026-11-24T06:00:00Z"}}))
     assert webhook.received[0]["kind"] == "deadline_missed"
     assert webhook.received[0]["run_id"] == "scheduled__2026-11-24T02:00:00+00:00"
+    assert webhook.received[0]["log_url"] == \
+        "https://airflow.example.org/dags/hr_feature_pipeline/runs/scheduled__2026-11-24T02%3A00%3A00%2B00%3A00"
+    assert webhook.received[0]["run"]["state"] == "running"
     recipients, body = smtp.messages[0]
     message = email.message_from_string(body)
     assert recipients == ["oncall@example.com", "data@example.com"]

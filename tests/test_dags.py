@@ -227,6 +227,9 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
     assert alerts and alerts[0]["task_id"] == "validate_raw" and alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert "JobSatisfaction" in alerts[0]["error"] and alerts[0]["run_id"] == run_id
     assert alerts[0]["log_url"]
+    # Bad data fails fast: the alert says so, and that no retry follows.
+    assert (alerts[0]["try"], alerts[0]["retry_follows"]) == (1, False) and alerts[0]["max_tries"] > 1
+    assert alerts[0]["why_no_retry"].startswith("failed fast")
 
 
 def test_a_failed_worker_step_carries_its_own_output():
@@ -239,6 +242,28 @@ def test_a_failed_worker_step_carries_its_own_output():
     with pytest.raises(RuntimeError, match="exited with status 3; its last output lines:\nreading s3://x\n"
                                            "error: registry unreachable"):
         operator.execute({})
+
+
+def test_training_without_enough_history_ends_skipped_saying_why(stack, tmp_path):
+    """The training step's "not enough data" status (2) skips the task with the reason; any other
+    failure still fails it. The DAG's operator is the one checked."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from orchestration.worker import LocalCommandOperator
+
+    dag = local_airflow.load_dag("attrition_training")
+    train = dag.get_task("train_model")
+    assert train.skip_on_exit_code == 2
+    empty = {**train.env, "FP_S3_FEATURES_PREFIX": f"nothing-{os.urandom(3).hex()}/features",
+             "FP_S3_RAW_PREFIX": f"nothing-{os.urandom(3).hex()}/raw"}
+    operator = LocalCommandOperator(task_id="train_model", argv=train.argv, env=empty, skip_on_exit_code=2)
+    operator.argv = [a if "{{" not in a else "6" for a in operator.argv]
+    with pytest.raises(AirflowSkipException, match=r"exited with status 2: error"):
+        operator.execute({})
+    broken = LocalCommandOperator(task_id="t", argv=["python", "-c", "raise SystemExit(1)"], env={},
+                                  skip_on_exit_code=2)
+    with pytest.raises(RuntimeError, match="exited with status 1"):
+        broken.execute({})
 
 
 def test_an_inbox_outside_the_configured_locations_stops_the_run_at_once(stack, tmp_path, monkeypatch):

@@ -232,24 +232,27 @@ def test_storage_errors_are_one_line_with_exit_3(stack, source, message):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_s3_hanging_mid_ingest_fails_in_bounded_time_with_exit_3(stack, exports, tmp_path):
-    """S3 stops answering when the run stages its features (after the raw export was kept): the
-    ingest ends within its S3 deadlines (3 tries of FP_S3_TIMEOUT_SECONDS) with exit 3 and one
-    line, nothing is published, and a re-run publishes. The 300 s limit only detects a hang."""
-    settings = isolated(stack, tmp_path, "hang")
+@pytest.mark.parametrize("die", [False, True], ids=["hung", "killed"])
+def test_s3_failing_mid_ingest_is_exit_3_in_bounded_time_and_a_rerun_publishes(stack, exports, tmp_path, die):
+    """S3 stops answering (hung) or goes away (killed) when the run stages its features, after the
+    raw export was kept: the ingest ends within its S3 deadlines (3 tries of FP_S3_TIMEOUT_SECONDS)
+    with exit 3 and one line, nothing is published, and a re-run publishes. The 300 s limit only
+    detects a hang."""
+    settings = isolated(stack, tmp_path, "fault")
     day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
-    proxy = Proxy(urlparse(stack.s3_endpoint_url).port, trigger=b"/staging/")
+    proxy = Proxy(urlparse(stack.s3_endpoint_url).port, trigger=b"/staging/", die=die)
     env = {"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "FP_S3_TIMEOUT_SECONDS": "2",
            "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
     try:
-        hung = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env, timeout=300)
+        failed = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env, timeout=300)
     finally:
         proxy.close()
     assert proxy.hanging.is_set(), "the fault was injected at the staging write"
-    assert hung.returncode == 3, hung.stderr[-2000:]
-    errors = [line for line in hung.stderr.splitlines() if line.startswith("error:")]
-    assert "Traceback" not in hung.stderr and len(errors) == 1, hung.stderr
-    assert "failed to store the run for" in hung.stderr and "ReadTimeout" in hung.stderr
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in failed.stderr and len(errors) == 1, failed.stderr
+    assert "failed to store the run for" in errors[0]
+    assert ("Connect" if die else "ReadTimeout") in errors[0], errors[0]
     assert layout.list_partitions(settings) == [], "nothing published"
     assert s3.list_keys(settings, settings.s3_raw_prefix), "the raw export was kept before the fault"
     rerun = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(),

@@ -41,3 +41,14 @@ def test_a_link_out_of_the_inbox_is_refused(inbox_settings, tmp_path):
     link.symlink_to("/etc")
     with pytest.raises(steps.InboxNotAllowed):
         steps.list_exports(settings, str(link))
+
+
+def test_the_backfill_window_defaults_to_the_exports_present():
+    found = {date(2023, 1, 31): "a", date(2026, 10, 31): "b", date(2025, 6, 30): "c"}
+    assert steps.backfill_window(found, None, None) == (date(2023, 1, 31), date(2026, 10, 31))
+    assert steps.backfill_window(found, "2025-01-01", None) == (date(2025, 1, 1), date(2026, 10, 31))
+    assert steps.backfill_window(found, None, "2025-12-31") == (date(2023, 1, 31), date(2025, 12, 31))
+    with pytest.raises(ValueError, match="before start_date"):
+        steps.backfill_window(found, "2026-01-01", "2025-01-01")
+    with pytest.raises(steps.NoExportError):
+        steps.backfill_window({}, None, None)

@@ -54,9 +54,10 @@ def test_point_in_time_correctness_on_a_hand_made_dataset(tiny):
     settings, store = tiny
     t = lambda *a: pd.Timestamp(datetime(*a, tzinfo=timezone.utc))  # noqa: E731
     entity_df = pd.DataFrame({
-        "employee_id": [1, 1, 2, 1, 3],
-        "event_timestamp": [t(2026, 4, 1), t(2026, 3, 1), t(2026, 4, 1), t(2025, 12, 1), t(2026, 4, 1)],
-        "label": [0, 0, 1, 0, 0],
+        "employee_id": [1, 1, 2, 1, 3, 1, 1],
+        "event_timestamp": [t(2026, 4, 1), t(2026, 3, 1), t(2026, 4, 1), t(2025, 12, 1), t(2026, 4, 1),
+                            t(2026, 2, 28, 23, 59, 59), t(2026, 2, 28)],
+        "label": [0, 0, 1, 0, 0, 1, 0],
     })
     frame = dataset.point_in_time(store, settings, entity_df)
     assert len(frame) == len(entity_df), "every label row survives"
@@ -67,7 +68,10 @@ def test_point_in_time_correctness_on_a_hand_made_dataset(tiny):
     assert pd.isna(tenure[2]), "a value older than the TTL is null"
     assert pd.isna(tenure[3]), "nothing is known before the first extraction"
     assert pd.isna(tenure[4]), "an unknown employee gets nulls, not a dropped row"
-    assert frame["label"].tolist() == [0, 0, 1, 0, 0]
+    # Mar 1's value does not exist one second, or one day, before Mar 1 (and Jan 1's is past the
+    # TTL by then): nothing is known, never the value from the future.
+    assert pd.isna(tenure[5]) and pd.isna(tenure[6]), "a value is never known before its event time"
+    assert frame["label"].tolist() == [0, 0, 1, 0, 0, 1, 0]
 
 
 def test_column_order_upstream_cannot_change_what_the_model_receives(tiny, exports):

@@ -31,7 +31,10 @@ class DatasetError(RuntimeError):
 
 
 def features_table(settings: Settings, columns: list[str]):
-    return features_dataset(settings).to_table(columns=columns)
+    try:
+        return features_dataset(settings).to_table(columns=columns)
+    except FileNotFoundError:  # nothing was ever published under the prefix
+        raise DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first") from None
 
 
 def build_labels(settings: Settings, horizon: int = HORIZON) -> pd.DataFrame:
