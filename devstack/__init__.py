@@ -132,6 +132,17 @@ def _weed_binary() -> str:
     return found
 
 
+# weed mini's own servers (master, volume, filer, their gRPC ports, the admin and debug ports)
+# default to fixed ports, so two stacks would collide however FP_S3_ENDPOINT_URL differs. They
+# follow the S3 port instead: S3 on P, the rest on P+1 .. P+9.
+_INTERNAL_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                   "filer.port.grpc", "s3.port.grpc", "admin.port", "debug.port")
+
+
+def _internal_ports(s3_port: int) -> list[str]:
+    return [f"-{flag}={s3_port + offset}" for offset, flag in enumerate(_INTERNAL_PORTS, start=1)]
+
+
 def up_s3(settings: Settings) -> tuple[Settings, ServiceStatus]:
     endpoint = settings.s3_endpoint_url or "AWS S3"
     host = urlparse(settings.s3_endpoint_url or "").hostname
@@ -165,7 +176,7 @@ def up_s3(settings: Settings) -> tuple[Settings, ServiceStatus]:
         _spawn(settings, "s3", [
             _weed_binary(), "mini", f"-dir={data_dir}", f"-s3.port={port}", f"-s3.config={config}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", *_internal_ports(port),
         ], cwd=settings.local_dir)
     _wait(lambda: _s3_check(settings), f"S3 API at {endpoint}", 90, _log_file(settings, "s3"))
     s3mod.ensure_bucket(settings)

@@ -230,6 +230,15 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
     # Bad data fails fast: the alert says so, and that no retry follows.
     assert (alerts[0]["try"], alerts[0]["retry_follows"]) == (1, False) and alerts[0]["max_tries"] > 1
     assert alerts[0]["why_no_retry"].startswith("failed fast")
+    # Quarantined once: the reason points at the raw export the run kept, no second copy.
+    from core import s3
+
+    day = good.stem.removeprefix("hr_export_")
+    keys = s3.list_keys(stack, f"{stack.s3_quarantine_prefix}/raw_hr_export/extraction_date={day}/")
+    newest = max(k.rsplit("/", 2)[-2] for k in keys)
+    folder = [k for k in keys if k.rsplit("/", 2)[-2] == newest]
+    assert [k.rsplit("/", 1)[-1] for k in folder] == ["reason.json"], folder
+    assert json.loads(s3.get_bytes(stack, folder[0]))["batch"].startswith(f"s3://{stack.s3_bucket}/{stack.s3_raw_prefix}/")
 
 
 def test_a_failed_worker_step_carries_its_own_output():

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from urllib.parse import urlparse
 
 import pytest
 import redis
 
 import devstack
 from conftest import free_port
+from core import s3
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +38,27 @@ def test_valkey_is_started_where_no_redis_answers_and_stopped_by_down(stack, tmp
     assert stopped and stopped[0].startswith("redis")
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=port, socket_connect_timeout=1).ping()
+
+
+def test_a_second_stack_runs_beside_the_first_on_its_own_ports(stack, tmp_path):
+    """Two checkouts side by side: a second embedded S3 on another port starts while the session's
+    runs (weed mini's internal servers follow the S3 port), serves its own bucket, and stops."""
+    first = urlparse(stack.s3_endpoint_url).port
+    port = free_port()
+    while abs(port - first) <= 10:
+        port = free_port()
+    second = replace(stack, local_dir=tmp_path / "second", s3_endpoint_url=f"http://127.0.0.1:{port}",
+                     aws_access_key_id=None, aws_secret_access_key=None, s3_bucket="second-stack")
+    second, status = devstack.up_s3(second)
+    try:
+        assert status.healthy and status.managed and status.url == second.s3_endpoint_url
+        s3.put_bytes(second, "probe/second", b"second")
+        s3.put_bytes(stack, "probe/first", b"first")
+        assert s3.get_bytes(second, "probe/second") == b"second"
+        assert s3.get_bytes(stack, "probe/first") == b"first", "the first stack still serves"
+    finally:
+        stopped = devstack.down(second)
+    assert any(name.startswith("s3") for name in stopped)
 
 
 def test_unreachable_remote_redis_is_a_clear_error(stack):
