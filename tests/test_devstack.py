@@ -61,6 +61,16 @@ def test_a_second_stack_runs_beside_the_first_on_its_own_ports(stack, tmp_path):
     assert any(name.startswith("s3") for name in stopped)
 
 
+def test_status_lists_every_service(stack):
+    from conftest import run_cli
+
+    proc = run_cli("devstack", "status")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for service, where in (("s3", stack.s3_endpoint_url), ("redis", stack.redis_location), ("registry", "sqlite")):
+        assert any(line.split()[:2] == [service, "ok"] and where in line for line in proc.stdout.splitlines()), \
+            proc.stdout
+
+
 def test_unreachable_remote_redis_is_a_clear_error(stack):
     remote = replace(stack, redis_url="redis://redis.invalid:6379/0")
     with pytest.raises(devstack.StackError, match="Redis at redis.invalid:6379/0 does not answer"):

@@ -75,3 +75,18 @@ def test_readme_documents_exactly_these_features_and_settings():
     readme = ROOT_README.read_text()
     assert features.markdown_table() in readme, "README feature table is out of date: python -m etl describe"
     assert settings_mod.markdown_table() in readme, "README settings table is out of date: python -m core.settings --markdown"
+
+
+def test_generate_and_describe_work_as_command_lines(tmp_path):
+    from conftest import run_cli
+    from etl import schema
+
+    generated = run_cli("etl", "generate", "--out", str(tmp_path), "--employees", "40", "--months", "2",
+                        "--end", "2026-10-31", "--seed", "3")
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    files = sorted(p.name for p in tmp_path.glob("*.csv"))
+    assert files == ["hr_export_2026-09-30.csv", "hr_export_2026-10-31.csv"]
+    table = schema.read_export_file(tmp_path / files[-1])
+    assert table.num_rows >= 30 and table.column_names == list(USED_COLUMNS)
+    described = run_cli("etl", "describe")
+    assert described.returncode == 0 and features.markdown_table() in described.stdout

@@ -38,6 +38,19 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     assert table.num_rows == sum(1 for _ in exports[-1].open()) - 1
 
 
+def test_json_output_says_what_was_written(stack, exports, tmp_path):
+    settings = isolated(stack, tmp_path, "json")
+    day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
+    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), "--json",
+                   env={"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["as_of"] == day.isoformat() and result["validated"] is True
+    assert result["features_uri"] == f"s3://{stack.s3_bucket}/{partition_key(settings, day)}"
+    assert result["rows_out"] == layout.read_partition(settings, day).num_rows == result["active"] + result["leavers"]
+    assert s3.exists(settings, s3.parse_uri(result["raw_uri"])[1])
+
+
 def test_rerun_replaces_never_duplicates(stack, exports):
     as_of = date(2026, 9, 30)
     first = ing.ingest(stack, str(exports[-2]), as_of)

@@ -99,3 +99,24 @@ def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
     served = vectors(settings, store, sample)
     for employee in sample:
         assert served[employee] == [latest[employee][n] for n in spec.FEATURE_NAMES], employee
+
+
+def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
+    """`python -m features materialize START END` loads exactly the window's newest extraction."""
+    from conftest import run_cli
+
+    settings = isolated(stack, tmp_path, "window")
+    ingest_exports(settings, exports[-3:])
+    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+           "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    assert run_cli("features", "apply", env=env).returncode == 0
+    dates = layout.list_partitions(settings)
+    start, end = spec.extraction_timestamp(dates[0]), spec.extraction_timestamp(dates[1]) + timedelta(days=1)
+    proc = run_cli("features", "materialize", start.isoformat(), end.isoformat(), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"serving the extraction of {dates[1].isoformat()}" in proc.stdout, proc.stdout
+    store = fs.open_store(settings)
+    active = sorted(online.active_ids(settings, dates[1]).tolist())[:5]
+    served = online.online_vectors(store, settings, active, now=end)
+    rows = {r["employee_id"]: r for r in layout.read_partition(settings, dates[1]).to_pylist()}
+    assert {i: v for i, v in served.items()} == {i: [rows[i][n] for n in spec.FEATURE_NAMES] for i in active}

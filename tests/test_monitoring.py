@@ -11,6 +11,8 @@ import pytest
 import redis
 
 from conftest import dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from etl import layout
+from features import online
 from features import store as fs
 from monitoring import health
 
@@ -75,11 +77,37 @@ def test_deleted_keys_fail_coverage_naming_how_many(materialized):
     try:
         report = health.check(materialized, save=False)
         assert not report.healthy and report.active_missing == 7
+        unhealthy = run_cli("monitoring", "check", env=_env(materialized))
+        assert unhealthy.returncode == 1 and "UNHEALTHY" in unhealthy.stdout, unhealthy.stdout[-2000:]
         assert any(p.startswith("7 of ") and "have no online features" in p for p in report.problems)
-        assert health.check(materialized, save=False, coverage_tolerance=0.5).active_missing == 7
+        # The tolerance decides: 7 missing is within 50% and beyond (7 - 1) of the active count.
+        active = report.active_expected
+        assert health.check(materialized, save=False, coverage_tolerance=0.5).healthy
+        assert not health.check(materialized, save=False, coverage_tolerance=6 / active).healthy
+        assert health.check(materialized, save=False, coverage_tolerance=7 / active).healthy
     finally:
         for key, mapping in saved.items():
             client.hset(key, mapping=mapping)
+
+
+def test_a_leaver_still_served_is_reported(materialized):
+    """An employee who left in the newest extraction but still has a hash online is counted and named."""
+    client = redis.Redis.from_url(materialized.redis_url)
+    latest = max(layout.list_partitions(materialized))
+    leavers = set(layout.read_partition(materialized, latest, ["employee_id", "is_active"]).to_pandas()
+                  .query("not is_active")["employee_id"].tolist())
+    served = health.scan_entities(client, materialized.feast_project)
+    assert leavers and not leavers & served.keys(), "materialization retired every leaver"
+    leaver = min(leavers)
+    key = online.redis_key(materialized.feast_project, leaver)
+    client.hset(key, mapping=client.hgetall(next(iter(served.values()))))
+    try:
+        report = health.check(materialized, save=False)
+        assert report.inactive_served == 1
+        assert any("1 entities online are not active" in w for w in report.warnings), report.warnings
+    finally:
+        client.delete(key)
+    assert health.check(materialized, save=False).inactive_served == 0
 
 
 @pytest.fixture
