@@ -206,3 +206,13 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
     assert report.by_feature["overall_satisfaction"] == len(report.mismatches)
     proc = run_cli("training", "skew-check", env=env)
     assert proc.returncode == 1 and "SKEW employee" in proc.stdout
+
+
+def test_training_with_s3_unreachable_is_exit_3_in_one_line(stack, tmp_path):
+    from conftest import free_port, run_cli
+
+    proc = run_cli("training", "train", env={"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+                                             "FP_REGISTRY_URL": f"sqlite:///{tmp_path / 'registry.db'}"})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "StorageError: could not read s3://" in errors[0] and "Traceback" not in proc.stderr

@@ -14,8 +14,11 @@ import argparse
 import json
 import sys
 
+import redis
+
 from core import log as logsetup
 from core import settings as settings_mod
+from core.s3 import StorageError
 from features import store as fs
 from features.online import ServingError
 from training import dataset, model
@@ -59,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except dataset.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (StorageError, redis.RedisError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import pandas as pd
 from feast import FeatureStore
 
+from core import s3
 from core.settings import Settings
 from etl import features as spec
 from etl.layout import features_dataset
@@ -35,6 +36,8 @@ def features_table(settings: Settings, columns: list[str]):
         return features_dataset(settings).to_table(columns=columns)
     except FileNotFoundError:  # nothing was ever published under the prefix
         raise DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first") from None
+    except OSError as exc:  # pyarrow's S3 errors: unreachable, refused
+        raise s3.StorageError(f"could not read {settings.features_uri}: {str(exc).splitlines()[0][:300]}") from None
 
 
 def build_labels(settings: Settings, horizon: int = HORIZON) -> pd.DataFrame:
