@@ -134,9 +134,10 @@ def _weed_binary() -> str:
 
 # weed mini's own servers (master, volume, filer, their gRPC ports, the admin and debug ports)
 # default to fixed ports, so two stacks would collide however FP_S3_ENDPOINT_URL differs. They
-# follow the S3 port instead: S3 on P, the rest on P+1 .. P+9.
+# follow the S3 port instead: S3 on P, the rest on P+1 .. P+10 (every gRPC port too, which
+# would otherwise be its HTTP port + 10000).
 _INTERNAL_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                   "filer.port.grpc", "s3.port.grpc", "admin.port", "debug.port")
+                   "filer.port.grpc", "s3.port.grpc", "admin.port", "debug.port", "admin.port.grpc")
 
 
 def _internal_ports(s3_port: int) -> list[str]:

@@ -43,10 +43,8 @@ def test_valkey_is_started_where_no_redis_answers_and_stopped_by_down(stack, tmp
 def test_a_second_stack_runs_beside_the_first_on_its_own_ports(stack, tmp_path):
     """Two checkouts side by side: a second embedded S3 on another port starts while the session's
     runs (weed mini's internal servers follow the S3 port), serves its own bucket, and stops."""
-    first = urlparse(stack.s3_endpoint_url).port
-    port = free_port()
-    while abs(port - first) <= 10:
-        port = free_port()
+    # 10000 above the first: where weed's gRPC ports would land if they followed their defaults.
+    port = urlparse(stack.s3_endpoint_url).port + 10000
     second = replace(stack, local_dir=tmp_path / "second", s3_endpoint_url=f"http://127.0.0.1:{port}",
                      aws_access_key_id=None, aws_secret_access_key=None, s3_bucket="second-stack")
     second, status = devstack.up_s3(second)
