@@ -205,7 +205,7 @@ def valkey_server_binary() -> str:
 
 def up_redis(settings: Settings) -> ServiceStatus:
     url = urlparse(settings.redis_url)
-    shown = f"{url.hostname}:{url.port or 6379}/{(url.path or '/0').lstrip('/') or '0'}"
+    shown = settings.redis_location
     ok, err = _redis_check(settings.redis_url)
     if ok:
         managed = _running_pid(settings, "redis") is not None

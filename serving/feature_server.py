@@ -157,6 +157,12 @@ def _json(content) -> bytes:
     return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
+async def _send_json(send, status: int, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
 class ReadOnly:
     """ASGI middleware: reads pass, writes (and anything unknown) get a 403 that says why.
 
@@ -173,11 +179,7 @@ class ReadOnly:
             if answer is None:
                 await self.app(scope, _replay(body), send)
                 return
-            status, payload = answer
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
+            await _send_json(send, *answer)
             return
         if scope["type"] == "lifespan" or (scope["type"] == "http" and (scope["method"], scope["path"]) in READ_ROUTES):
             await self.app(scope, receive, send)
@@ -188,9 +190,7 @@ class ReadOnly:
         body = json.dumps({"error": f"{scope['method']} {scope['path']} is not served: this feature server is "
                                     "read-only; online values are written only by the pipeline's materialization",
                            "allowed": sorted(f"{m} {p}" for m, p in READ_ROUTES)}).encode()
-        await send({"type": "http.response.start", "status": 403,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 403, body)
 
 
 def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> None:
