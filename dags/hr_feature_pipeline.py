@@ -1,24 +1,27 @@
 """
 ### HR feature pipeline (nightly)
 
-Turns the newest HR export into served features, every night at 02:00 UTC:
+Turns the HR exports that arrived since the last run into served features, every night at 02:00 UTC:
 
-1. **find_export**: the newest `hr_export_YYYY-MM-DD.csv` in the inbox on or before the run's date
-   (or the one the *extraction_date* parameter names);
-2. **keep_raw**: the export is stored under the raw prefix as received, never modified;
-3. **validate_raw**: Great Expectations suite `raw_hr_export`; a failure quarantines the batch and stops the run;
-4. **stage_features**: the six features are computed and staged;
-5. **validate_features**: suite `employee_features`; a failure quarantines the batch and stops the run;
-6. **publish_features**: the staged partition becomes visible to readers in one server-side copy;
-7. **apply_definitions**: `feast apply`, only when the definitions changed (watermarks are kept);
-8. **materialize_incremental**: `python -m features materialize-incremental` in a worker pod
-   (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`; the extraction just published is
-   refreshed explicitly too, so a re-run or a correction of an already-loaded date reaches Redis;
-   leavers are removed from Redis;
-9. **check_online_store**: freshness, coverage and eviction checks on Redis;
-10. **check_training_serving_skew**: for every active employee (a random sample seeded by the run
-    above 100,000), the online values and event times must equal the offline point-in-time ones, exactly;
-11. **announce_fresh_features**: updates the `employee_features` Asset, which triggers training.
+1. **plan_exports**: every `hr_export_YYYY-MM-DD.csv` in the inbox dated after the newest published
+   extraction and on or before the run's date, oldest first: after skipped nights, the exports in
+   between are published too (their leavers would otherwise be labelled as stayers). With none newer
+   (a re-run), the newest export again; with the *extraction_date* parameter, exactly that one;
+2. **ingest_exports**: each planned export, oldest first, through the one ingest sequence
+   (`etl.ingest.ingest`, the same as the backfill's and `python -m etl ingest`): the export is kept
+   under the raw prefix as received; Great Expectations suite `raw_hr_export`; the six features are
+   computed and staged; suite `employee_features`; the staged partition is published in one
+   server-side copy, under the date's lease. A failing batch is quarantined with the reason and stops
+   the run at that export (the older ones stay published; nothing newer is published before it);
+3. **apply_definitions**: `feast apply`, only when the definitions changed (watermarks are kept);
+4. **materialize_incremental**: `python -m features materialize-incremental` in a worker pod
+   (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`; the oldest extraction just
+   published is refreshed explicitly too, so a re-run or a correction of an already-loaded date
+   reaches Redis; leavers are removed from Redis;
+5. **check_online_store**: freshness, coverage and eviction checks on Redis;
+6. **check_training_serving_skew**: for every active employee (a random sample seeded by the run
+   above 100,000), the online values and event times must equal the offline point-in-time ones, exactly;
+7. **announce_fresh_features**: updates the `employee_features` Asset, which triggers training.
 
 A run that does not finish within `FP_PIPELINE_DEADLINE_HOURS` (default 4) of being queued raises a
 Deadline Alert; every task failure after its last retry raises an alert too (see `orchestration.alerts`).
@@ -83,8 +86,8 @@ def _fail_without_retry(message: str):
     ),
     params={
         "extraction_date": Param(None, type=["null", "string"], format="date", title="Extraction date",
-                                 description="Ingest the export of this date. Empty: the newest export on or "
-                                             "before the run's date."),
+                                 description="Ingest exactly the export of this date. Empty: every export newer "
+                                             "than the last published one, up to the run's date, oldest first."),
         "inbox": Param(DEFAULT_INBOX, type="string", title="Inbox",
                        description="Folder or s3:// prefix holding hr_export_YYYY-MM-DD.csv files."),
         "apply_definitions": Param("auto", type="string", enum=["auto", "always", "never"], title="feast apply",
@@ -98,79 +101,45 @@ def _fail_without_retry(message: str):
 )
 def hr_feature_pipeline():
     @task
-    def find_export() -> dict:
+    def plan_exports() -> list[dict]:
         from datetime import date
 
         from pipeline import steps
 
         context = get_current_context()
         params = context["params"]
-        settings = settings_mod.load()
-        run_date = context["dag_run"].run_after.date()
-        if params.get("extraction_date"):
-            run_date = date.fromisoformat(params["extraction_date"])
+        chosen = date.fromisoformat(params["extraction_date"]) if params.get("extraction_date") else None
         try:
-            as_of, source = steps.find_export(settings, params["inbox"], run_date)
-        except steps.InboxNotAllowed as exc:
+            planned = steps.pending_exports(settings_mod.load(), params["inbox"],
+                                            chosen or context["dag_run"].run_after.date(), chosen)
+        except (steps.InboxNotAllowed, steps.NoExportError) as exc:
             _fail_without_retry(str(exc))
-        if params.get("extraction_date") and as_of != run_date:
-            _fail_without_retry(f"no export dated {run_date} in {params['inbox']} (newest before it: {as_of})")
-        return {"as_of": as_of.isoformat(), "source": source}
+        for as_of, source in planned:
+            print(f"planned: the export of {as_of} ({source})")
+        return [{"as_of": as_of.isoformat(), "source": source} for as_of, source in planned]
 
     @task
-    def keep_raw(export: dict) -> dict:
+    def ingest_exports(planned: list[dict]) -> list[str]:
         from datetime import date
 
-        from core import s3
         from etl import ingest
-
-        settings = settings_mod.load()
-        data, name = s3.read_source(settings, export["source"])
-        uri, already = ingest.keep_raw(settings, date.fromisoformat(export["as_of"]), data, name)
-        return {**export, "raw_uri": uri, "raw_already_kept": already}
-
-    def _validate(suite: str, export: dict, uri: str) -> dict:
-        from datetime import date
-
-        from expectations import gate
+        from etl.schema import ContractError
+        from expectations.gate import ValidationFailed
 
         params = get_current_context()["params"]
-        # The raw export is already kept at its raw/ key: the quarantine points at it, no second copy.
-        outcome = gate.validate(settings_mod.load(), suite, uri, as_of=date.fromisoformat(export["as_of"]),
-                                row_tolerance=params["row_count_tolerance_pct"] / 100,
-                                kept_at=uri if suite == "raw" else None)
-        print(outcome.message())
-        if not outcome.passed:
-            _fail_without_retry(outcome.message())
-        return {"passed": True, "rows": outcome.rows, "warnings": len(outcome.warnings), "report": outcome.report_uri}
-
-    @task
-    def validate_raw(export: dict) -> dict:
-        return _validate("raw", export, export["raw_uri"])
-
-    @task
-    def stage_features(export: dict) -> dict:
-        from datetime import date
-
-        from core import s3
-        from etl import ingest
-
         settings = settings_mod.load()
-        data, _ = s3.read_source(settings, export["raw_uri"])
-        table, _, staged = ingest.stage_features(settings, data, export["raw_uri"], date.fromisoformat(export["as_of"]))
-        return {**export, "staged_uri": staged, "rows": table.num_rows}
-
-    @task
-    def validate_features(staged: dict) -> dict:
-        return _validate("features", staged, staged["staged_uri"])
-
-    @task
-    def publish_features(staged: dict) -> str:
-        from datetime import date
-
-        from etl import ingest
-
-        return ingest.publish_exclusively(settings_mod.load(), date.fromisoformat(staged["as_of"]), staged["staged_uri"])
+        published = []
+        for done, export in enumerate(planned, 1):
+            print(f"ingesting {done}/{len(planned)}: the export of {export['as_of']}")
+            try:
+                result = ingest.ingest(settings, export["source"], date.fromisoformat(export["as_of"]),
+                                       row_tolerance=params["row_count_tolerance_pct"] / 100)
+            except (ValidationFailed, ContractError) as exc:
+                done_note = f" (published before it: {', '.join(published)})" if published else ""
+                _fail_without_retry(f"the export of {export['as_of']} was rejected{done_note}: {exc}")
+            print(result.summary())
+            published.append(export["as_of"])
+        return published
 
     @task
     def apply_definitions() -> list[str]:
@@ -185,7 +154,7 @@ def hr_feature_pipeline():
     materialize = worker_task(
         "materialize_incremental",
         ["python", "-m", "features", "materialize-incremental", "{{ dag_run.run_after.isoformat() }}",
-         "--refresh-extraction", "{{ ti.xcom_pull(task_ids='find_export')['as_of'] }}"],
+         "--refresh-extraction", "{{ ti.xcom_pull(task_ids='plan_exports')[0]['as_of'] }}"],
         SETTINGS,
     )
 
@@ -220,16 +189,10 @@ def hr_feature_pipeline():
         return {"mismatches": 0, "checked": report.checked, "extraction": report.extraction}
 
     @task(outlets=[FEATURES_ASSET])
-    def announce_fresh_features(published: str) -> str:
+    def announce_fresh_features(published: list[str]) -> list[str]:
         return published
 
-    export = keep_raw(find_export())
-    raw_ok = validate_raw(export)
-    staged = stage_features(export)
-    raw_ok >> staged
-    features_ok = validate_features(staged)
-    published = publish_features(staged)
-    features_ok >> published
+    published = ingest_exports(plan_exports())
     applied = apply_definitions()
     published >> applied >> materialize
     health = check_online_store()

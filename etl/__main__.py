@@ -57,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--as-of", type=_date, required=True, help="extraction date, YYYY-MM-DD (UTC)")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
     i.add_argument("--no-validate", action="store_true", help="skip the raw suite (a file already checked; benchmarks); the features suite always runs")
-    sub.add_parser("describe", help="print the feature definitions as a Markdown table")
+    sub.add_parser("describe", help="print the feature definitions as a Markdown table, then their fingerprints")
     args = parser.parse_args(argv)
     logsetup.setup()
 
     if args.command == "describe":
         print(features.markdown_table())
+        print("\nfingerprints of the code that computes them (etl/features.py):")
+        for name, value in features.fingerprints().items():
+            print(f"  {name:22} {value}")
         return 0
 
     if args.command == "generate":

@@ -160,6 +160,39 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
             return _ingest(settings, source, as_of, validate, row_tolerance, data, file_name, started, held)
 
 
+def stale_partitions(settings: Settings) -> list[date]:
+    """Published partitions computed by other code than this checkout's (etl.features.fingerprints)."""
+    current = features.fingerprints()
+    return [day for day, found in layout.partition_fingerprints(settings).items() if found != current]
+
+
+def recompute(settings: Settings, as_of: date, row_tolerance: float = 0.25) -> IngestResult:
+    """Recompute one published partition from the raw export it was computed from, with this code.
+
+    The published partition records its export's SHA-256; that export was kept under raw/ before
+    anything else happened. Every step of an ingest runs again (validation included), under the
+    date's lease; the old partition stays published until the new one replaces it."""
+    started = time.perf_counter()
+    client = s3.client(settings)
+    with s3.storage_errors(settings, f"recompute the partition of {as_of}"):
+        head = client.head_object(Bucket=settings.s3_bucket, Key=layout.partition_key(settings, as_of))
+        digest = (head.get("Metadata") or {}).get("source-sha256", "")
+        prefix = layout.raw_prefix(settings, as_of)
+        kept = [key for key in s3.list_keys(settings, prefix, client)
+                if digest and key[len(prefix):].startswith(digest[:16] + "-")]
+        if not kept:
+            raise schema.ContractError(f"the partition of {as_of} records no kept raw export (source-sha256 "
+                                       f"{digest[:16] or 'missing'} under s3://{settings.s3_bucket}/{prefix}): "
+                                       "ingest that date's export again")
+        data = s3.get_bytes(settings, kept[0], client)
+        source = f"s3://{settings.s3_bucket}/{kept[0]}"
+        file_name = kept[0][len(prefix) + 17:]
+        with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"recompute of {as_of}") as held:
+            result = _ingest(settings, source, as_of, True, row_tolerance, data, file_name, started, held)
+    log.info("recomputed the partition of %s from %s with the current code", as_of, source)
+    return result
+
+
 def _ingest(settings: Settings, source: str, as_of: date, validate: bool, row_tolerance: float, data: bytes,
             file_name: str, started: float, held: lease.Lease) -> IngestResult:
     client = s3.client(settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from datetime import date
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from core import s3
 from core.settings import Settings
+from etl.features import FINGERPRINTS_KEY
 
 PARTITION_FILE = "part-0.parquet"
 MODEL_PREFIX = "models/attrition"
@@ -49,11 +51,15 @@ def ingest_lock_key(settings: Settings, as_of: date) -> str:
     return f"locks/{partition_prefix(settings, as_of).rstrip('/')}"
 
 
+def raw_prefix(settings: Settings, as_of: date) -> str:
+    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/"
+
+
 def raw_key(settings: Settings, as_of: date, data: bytes, file_name: str) -> str:
     from etl.schema import safe_name
 
     digest = hashlib.sha256(data).hexdigest()[:16]
-    return f"{settings.s3_raw_prefix}/extraction_date={as_of.isoformat()}/{digest}-{safe_name(file_name)}"
+    return f"{raw_prefix(settings, as_of)}{digest}-{safe_name(file_name)}"
 
 
 def features_dataset(settings: Settings) -> pads.Dataset:
@@ -75,6 +81,25 @@ def list_partitions(settings: Settings) -> list[date]:
 def read_partition(settings: Settings, as_of: date, columns: list[str] | None = None) -> pa.Table:
     """One published features partition."""
     return pq.read_table(io.BytesIO(s3.get_bytes(settings, partition_key(settings, as_of))), columns=columns)
+
+
+def partition_fingerprints(settings: Settings) -> dict[date, dict[str, str]]:
+    """{extraction date: {feature: fingerprint}} of every published partition, from the Parquet
+    footers ({} for a partition written before fingerprints were recorded)."""
+    try:
+        fragments = list(features_dataset(settings).get_fragments())
+    except FileNotFoundError:  # nothing was ever published under the prefix
+        return {}
+    except OSError as exc:  # pyarrow's S3 errors: unreachable, refused
+        raise s3.StorageError(f"could not read {settings.features_uri}: {str(exc).splitlines()[0][:300]}") from None
+    found = {}
+    for fragment in fragments:
+        part = fragment.path.rsplit("/", 2)[-2]
+        if not part.startswith("extraction_date=") or not fragment.path.endswith(PARTITION_FILE):
+            continue
+        metadata = fragment.physical_schema.metadata or {}
+        found[date.fromisoformat(part.split("=", 1)[1])] = json.loads(metadata.get(FINGERPRINTS_KEY, b"{}"))
+    return dict(sorted(found.items()))
 
 
 def served_state_key(settings: Settings) -> str:

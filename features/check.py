@@ -5,18 +5,27 @@ stored with the current model. Removing or renaming a feature or a view, changin
 dtype, changing an entity (join key or type), a feature service losing a feature or changing the
 order of its features (a model receives them by position), or shrinking a TTL breaks consumers that
 exist today: each is reported by name. Additive changes pass.
+
+A changed transformation is a break too: each feature view records the fingerprint of the code
+that computes each feature (etl.features), and so does each model. A feature whose fingerprint
+differs from the registry's or the current model's, and that an existing feature service or the
+current model uses, is reported, unless the change comes with a new feature service version (say
+``attrition_model_v2``) that declares the feature and that the current model does not use: then the
+old model will be refused by serving once the new values are served, until a model trained on the
+new version is promoted.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 
 from core import s3
 from core.settings import Settings
 from etl.layout import LATEST_MODEL_POINTER
+from features.definitions import tagged_fingerprints
 from features.online import FEATURE_SERVICE
 
 
@@ -73,7 +82,11 @@ def compare(store: FeatureStore, candidates: list, model_features: "ModelFeature
         if old.ttl and new.ttl and new.ttl < old.ttl:
             breaks.append(Break(f"feature view {old.name}", f"TTL shrinks {old.ttl} -> {new.ttl}"))
 
-    for old in store.registry.list_feature_services(project):
+    old_services = {s.name: s for s in store.registry.list_feature_services(project)}
+    breaks += _changed_transformations(store.registry.list_feature_views(project), new_views, old_services,
+                                       new_services, model_features)
+
+    for old in old_services.values():
         new = new_services.get(old.name)
         if new is None:
             breaks.append(Break(f"feature service {old.name}", "removed"))
@@ -101,12 +114,45 @@ def compare(store: FeatureStore, candidates: list, model_features: "ModelFeature
     return breaks
 
 
+def _changed_transformations(old_views, new_views: dict, old_services: dict, new_services: dict,
+                             model: "ModelFeatures | None") -> list[Break]:
+    """Features computed by other code than the registry's or the current model's, that a consumer uses."""
+    recorded: dict[str, dict[str, str]] = {}  # ref -> {where: fingerprint}
+    for view in old_views:
+        for name, value in tagged_fingerprints(view).items():
+            recorded.setdefault(f"{view.name}:{name}", {})["the registry"] = value
+    if model:
+        for ref, value in model.fingerprints.items():
+            recorded.setdefault(ref, {})["the current model"] = value
+    used = {ref for service in old_services.values() for ref in _service_refs(service)}
+    if model:
+        used |= set(model.refs)
+    new_versions = {name: service for name, service in new_services.items()
+                    if name not in old_services and (model is None or name != model.service)}
+    breaks = []
+    for view in new_views.values():
+        for name, value in tagged_fingerprints(view).items():
+            ref = f"{view.name}:{name}"
+            differ = sorted(where for where, old in recorded.get(ref, {}).items() if old != value)
+            if not differ or ref not in used:
+                continue
+            if any(ref in _service_refs(service) for service in new_versions.values()):
+                continue  # a new service version carries it; the old model stays on what it was trained with
+            breaks.append(Break(f"feature {ref}", f"its transformation changed (fingerprint "
+                                f"{recorded[ref][differ[0]]} in {' and '.join(differ)} -> {value}): values computed "
+                                "now would not mean what the model learned; add a new feature service version "
+                                "(e.g. attrition_model_v2) for it, recompute history and retrain"))
+    return breaks
+
+
 @dataclass(frozen=True)
 class ModelFeatures:
-    """What a model was trained on: its feature service and the ordered feature references."""
+    """What a model was trained on: its feature service, the ordered feature references and the
+    fingerprints of the code that computed them ({ref: fingerprint}; empty for older models)."""
 
     service: str
     refs: tuple[str, ...]
+    fingerprints: dict = field(default_factory=dict)
 
 
 def load_model_features(settings: Settings, location: str) -> ModelFeatures:
@@ -119,7 +165,8 @@ def load_model_features(settings: Settings, location: str) -> ModelFeatures:
             data = handle.read()
     payload = json.loads(data)
     if isinstance(payload, dict):
-        return ModelFeatures(payload.get("feature_service", FEATURE_SERVICE), tuple(payload["feature_refs"]))
+        return ModelFeatures(payload.get("feature_service", FEATURE_SERVICE), tuple(payload["feature_refs"]),
+                             dict(payload.get("feature_fingerprints", {})))
     return ModelFeatures(FEATURE_SERVICE, tuple(payload))
 
 

@@ -21,6 +21,17 @@ from etl import features as spec
 FEATURE_TTL = timedelta(days=45)
 
 _FEAST_TYPES = {"int64": Int64, "float64": Float64}
+FINGERPRINT_TAG = "fingerprint."
+
+
+def fingerprint_tags(fingerprints: dict[str, str]) -> dict[str, str]:
+    return {FINGERPRINT_TAG + name: value for name, value in fingerprints.items()}
+
+
+def tagged_fingerprints(view: FeatureView) -> dict[str, str]:
+    """{feature: fingerprint} recorded in a feature view's tags ({} for a view applied before they were)."""
+    return {key[len(FINGERPRINT_TAG):]: value for key, value in (view.tags or {}).items()
+            if key.startswith(FINGERPRINT_TAG)}
 
 
 def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureService]:
@@ -48,7 +59,8 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
                 for f in spec.FEATURES],
         source=source,
         online=True,
-        tags={"team": "people-analytics", "pii": "none"},
+        # Which code computed each feature (etl.features): `python -m features check` compares them.
+        tags={"team": "people-analytics", "pii": "none", **fingerprint_tags(spec.fingerprints())},
     )
     service = FeatureService(
         name="attrition_model_v1",

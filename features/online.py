@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Iterable
 
@@ -95,6 +95,8 @@ class Roster:
     extraction: date
     active: np.ndarray  # sorted int64 ids
     left: np.ndarray  # sorted int64 ids, also everyone absent from this extraction but seen before
+    # {feature: fingerprint} of the code that computed the served values (etl.features.fingerprints)
+    fingerprints: dict = field(default_factory=dict)
 
     @property
     def event_time(self) -> datetime:
@@ -117,10 +119,16 @@ def newest_extraction(settings: Settings, up_to: datetime | None = None) -> date
     return dates[-1] if dates else None
 
 
+def _active(settings: Settings, extraction: date) -> tuple[np.ndarray, dict]:
+    """The sorted ids of the employees active in one extraction and its fingerprints (one partition read)."""
+    table = layout.read_partition(settings, extraction, columns=[spec.ENTITY_KEY, spec.ACTIVE])
+    fingerprints = json.loads((table.schema.metadata or {}).get(spec.FINGERPRINTS_KEY, b"{}"))
+    return np.unique(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy()), fingerprints
+
+
 def active_ids(settings: Settings, extraction: date) -> np.ndarray:
     """The sorted ids of the employees active in one extraction (one partition read)."""
-    table = layout.read_partition(settings, extraction, columns=[spec.ENTITY_KEY, spec.ACTIVE])
-    return np.unique(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy())
+    return _active(settings, extraction)[0]
 
 
 def read_roster(settings: Settings, extraction: date | None = None) -> Roster | None:
@@ -132,11 +140,11 @@ def read_roster(settings: Settings, extraction: date | None = None) -> Roster | 
     extraction = extraction or newest_extraction(settings)
     if extraction is None:
         return None
-    active = active_ids(settings, extraction)
+    active, fingerprints = _active(settings, extraction)
     seen = layout.features_dataset(settings).to_table(
         columns=[spec.ENTITY_KEY], filter=pc.field(spec.TIMESTAMP) <= spec.extraction_timestamp(extraction))
     everyone = np.unique(seen[spec.ENTITY_KEY].to_numpy())
-    return Roster(extraction, active, np.setdiff1d(everyone, active, assume_unique=True))
+    return Roster(extraction, active, np.setdiff1d(everyone, active, assume_unique=True), fingerprints)
 
 
 @dataclass(frozen=True)
@@ -148,28 +156,56 @@ class ServedState:
 
 
 def commit_served(settings: Settings, roster: Roster, removed: int) -> ServedState:
-    """Record that Redis now serves ``roster`` completely (called last by materialization)."""
+    """Record that Redis now serves ``roster`` completely (called last by materialization), with
+    the fingerprints of the code that computed what it now holds."""
     state = ServedState(roster.extraction, len(roster.active), removed, datetime.now(timezone.utc).isoformat())
-    payload = {**state.__dict__, "extraction": roster.extraction.isoformat()}
+    payload = {**state.__dict__, "extraction": roster.extraction.isoformat(), "fingerprints": roster.fingerprints}
     s3.put_bytes(settings, layout.served_state_key(settings), json.dumps(payload).encode(),
                  content_type="application/json")
     return state
 
 
-def served_extraction(settings: Settings) -> date | None:
-    """The extraction the online store serves; before any commit, the newest published one."""
+def _served_state(settings: Settings) -> dict | None:
     try:
-        state = json.loads(s3.get_bytes(settings, layout.served_state_key(settings)))
-        return date.fromisoformat(state["extraction"])
+        return json.loads(s3.get_bytes(settings, layout.served_state_key(settings)))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in {"NoSuchKey", "404"}:
             raise
-    return newest_extraction(settings)
+    return None
+
+
+def served_extraction(settings: Settings) -> date | None:
+    """The extraction the online store serves; before any commit, the newest published one."""
+    state = _served_state(settings)
+    return date.fromisoformat(state["extraction"]) if state else newest_extraction(settings)
+
+
+def _served(settings: Settings, state: dict | None) -> Roster | None:
+    extraction = date.fromisoformat(state["extraction"]) if state else newest_extraction(settings)
+    roster = read_roster(settings, extraction) if extraction else None
+    if roster is not None and state and "fingerprints" in state:
+        # What Redis holds was computed by the code recorded at materialization, even if the
+        # partition has been recomputed since.
+        roster = replace(roster, fingerprints=state["fingerprints"])
+    return roster
 
 
 def served_roster(settings: Settings) -> Roster | None:
-    extraction = served_extraction(settings)
-    return read_roster(settings, extraction) if extraction else None
+    return _served(settings, _served_state(settings))
+
+
+def check_fingerprints(model_version: str, model_fingerprints: dict, roster: Roster) -> None:
+    """Refuse a model trained on values computed by other code than the values served now.
+
+    ``model_fingerprints`` is {ref: fingerprint} as training recorded it; the roster's are by name."""
+    differ = [ref for ref in sorted(model_fingerprints)
+              if roster.fingerprints.get(names_of([ref])[0], "unrecorded") != model_fingerprints[ref]]
+    if differ:
+        detail = ", ".join(f"{ref} (model {model_fingerprints[ref]}, served "
+                           f"{roster.fingerprints.get(names_of([ref])[0], 'unrecorded')})" for ref in differ)
+        raise ServingError(f"model {model_version} was trained on features computed by other code than the served "
+                           f"extraction of {roster.extraction}: {detail}; train and promote a model on the current "
+                           "features (python -m training train)", "mismatch")
 
 
 class RosterCache:
@@ -179,14 +215,17 @@ class RosterCache:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.roster: Roster | None = None
+        self._version = None  # the served state the roster was read for
 
     def refresh(self) -> Roster | None:
-        extraction = served_extraction(self.settings)
-        if extraction is None:
+        state = _served_state(self.settings)
+        version = (state or {}).get("committed_at") or served_extraction(self.settings)
+        if version is None:
             self.roster = None
-        elif self.roster is None or self.roster.extraction != extraction:
-            self.roster = read_roster(self.settings, extraction)
-            log.info("serving the extraction of %s: %d active employees", extraction, len(self.roster.active))
+        elif self.roster is None or self._version != version:
+            self.roster, self._version = _served(self.settings, state), version
+            log.info("serving the extraction of %s: %d active employees", self.roster.extraction,
+                     len(self.roster.active))
         return self.roster
 
 

@@ -18,7 +18,6 @@ from etl.schema import safe_name as schema_safe
 log = logging.getLogger(__name__)
 
 
-
 class NoExportError(FileNotFoundError):
     """No HR export for the requested date is in the inbox."""
 
@@ -72,14 +71,35 @@ def list_exports(settings: Settings, inbox: str) -> dict[date, str]:
     return dict(sorted(found.items()))
 
 
-def find_export(settings: Settings, inbox: str, run_date: date) -> tuple[date, str]:
-    """The newest export extracted on or before ``run_date``."""
-    exports = {d: p for d, p in list_exports(settings, inbox).items() if d <= run_date}
-    if not exports:
-        raise NoExportError(f"no hr_export_YYYY-MM-DD.csv dated on or before {run_date} in {inbox}")
-    as_of = max(exports)
-    return as_of, exports[as_of]
+def pending_exports(settings: Settings, inbox: str, run_date: date,
+                    extraction_date: date | None = None) -> list[tuple[date, str]]:
+    """What a nightly run ingests, oldest first.
 
+    Every export dated after the newest published extraction and on or before ``run_date``: after
+    skipped nights, the exports in between are published too (their leavers would otherwise be
+    labelled as stayers). When none is newer (a re-run), the newest export on or before
+    ``run_date`` again (ingest is idempotent). ``extraction_date``: exactly that date's export."""
+    from etl import layout
+
+    found = {d: p for d, p in list_exports(settings, inbox).items() if d <= run_date}
+    if extraction_date is not None:
+        if extraction_date not in found:
+            older = [d for d in found if d < extraction_date]
+            raise NoExportError(f"no export dated {extraction_date} in {inbox}"
+                                + (f" (newest before it: {max(older)})" if older else ""))
+        return [(extraction_date, found[extraction_date])]
+    if not found:
+        raise NoExportError(f"no hr_export_YYYY-MM-DD.csv dated on or before {run_date} in {inbox}")
+    published = layout.list_partitions(settings)
+    pending = [(d, p) for d, p in found.items() if not published or d > published[-1]]
+    if pending:
+        log.info("%d export(s) newer than the last published extraction (%s): %s", len(pending),
+                 published[-1] if published else "none", ", ".join(d.isoformat() for d, _ in pending))
+        return pending
+    newest = max(found)
+    log.info("no export newer than the last published extraction (%s): re-ingesting the newest, %s",
+             published[-1], newest)
+    return [(newest, found[newest])]
 
 
 def backfill_window(found: dict[date, str], start: str | None, end: str | None) -> tuple[date, date]:

@@ -83,6 +83,7 @@ class Predictor:
         self.loaded: model_mod.LoadedModel | None = None
         self.names: list[str] = []
         self.problem: str | None = "starting"
+        self.refusal: ServingError | None = None  # the model does not fit what is served
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(
@@ -107,8 +108,15 @@ class Predictor:
                 self.loaded, self.names = loaded, online.names_of(loaded.feature_refs)
                 self.metrics.model.labels(loaded.version).set(1)
                 log.info("serving model %s (%s)", loaded.version, ", ".join(self.names))
-            if await asyncio.to_thread(self.roster_cache.refresh) is None:
+            roster = await asyncio.to_thread(self.roster_cache.refresh)
+            if roster is None:
                 raise ServingError("no features partition is published yet", "unavailable")
+            try:
+                online.check_fingerprints(self.loaded.version, self.loaded.fingerprints, roster)
+                self.refusal = None
+            except ServingError as exc:
+                self.refusal = exc  # unlike a passing outage, this refuses every prediction until fixed
+                raise
             self.problem = None
         except ServingError as exc:
             self.problem = str(exc)
@@ -130,6 +138,8 @@ class Predictor:
     async def predict(self, employee_ids: list[int]) -> list[dict]:
         if self.loaded is None or self.roster_cache.roster is None:
             raise ServingError(f"not ready: {self.problem}", "no_model" if self.loaded is None else "unavailable")
+        if self.refusal is not None:
+            raise self.refusal
         columns = await self.fetch(employee_ids)
         vectors = online.assemble(columns, self.names, self.roster_cache.roster, FEATURE_TTL)
         ordered = [vectors[i] for i in employee_ids]

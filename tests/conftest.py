@@ -146,9 +146,10 @@ def exports(tmp_path_factory) -> list[Path]:
     return gen.generate(tmp_path_factory.mktemp("exports"), employees=300, months=6, end=date(2026, 10, 31), seed=11)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run one of our CLIs as an operator would, with this process's environment."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+def run_cli(*args: str, env: dict | None = None, timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run one of our CLIs as an operator would, with this process's environment (from ``cwd``: a
+    package copied there is imported instead of the checkout's)."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 

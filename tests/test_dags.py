@@ -197,7 +197,7 @@ def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook):
                                                                        "apply_definitions": "auto"})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "success", states
-    assert set(states.values()) == {"success"} and len(states) == 11
+    assert set(states.values()) == {"success"} and len(states) == 7
     from features import store as fs
 
     store = fs.open_store(stack)
@@ -220,11 +220,11 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
         run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox)})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "failed"
-    assert states["validate_raw"] == "failed"
-    for downstream in ("publish_features", "materialize_incremental", "announce_fresh_features"):
+    assert states["ingest_exports"] == "failed"
+    for downstream in ("materialize_incremental", "announce_fresh_features"):
         assert states[downstream] in {"upstream_failed", "skipped"}, states
     alerts = [a for a in webhook.received if a.get("kind") == "task_failed"]
-    assert alerts and alerts[0]["task_id"] == "validate_raw" and alerts[0]["dag_id"] == "hr_feature_pipeline"
+    assert alerts and alerts[0]["task_id"] == "ingest_exports" and alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert "JobSatisfaction" in alerts[0]["error"] and alerts[0]["run_id"] == run_id
     assert alerts[0]["log_url"]
     # Bad data fails fast: the alert says so, and that no retry follows.
@@ -239,6 +239,46 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
     folder = [k for k in keys if k.rsplit("/", 2)[-2] == newest]
     assert [k.rsplit("/", 1)[-1] for k in folder] == ["reason.json"], folder
     assert json.loads(s3.get_bytes(stack, folder[0]))["batch"].startswith(f"s3://{stack.s3_bucket}/{stack.s3_raw_prefix}/")
+
+
+@pytest.mark.integration
+def test_the_nightly_run_catches_up_after_skipped_nights(stack, airflow_home, exports, tmp_path, monkeypatch):
+    """August was published; the nights that should have published September and October were
+    skipped. The next run publishes both, oldest first, each through the gate, and serves October."""
+    from conftest import ingest_exports, isolated
+    from etl import layout
+    from features import online
+
+    settings = isolated(stack, tmp_path, "catchup")
+    for name, value in {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+                        "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}.items():
+        monkeypatch.setenv(name, value)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for path in exports[-3:]:
+        (inbox / path.name).write_bytes(path.read_bytes())
+    days = [datetime.fromisoformat(p.stem.removeprefix("hr_export_")).date() for p in exports[-3:]]
+    ingest_exports(settings, exports[-3:-2])
+    assert layout.list_partitions(settings) == days[:1]
+
+    run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox)})
+    states = local_airflow.task_states("hr_feature_pipeline", run_id)
+    assert state == "success", states
+    assert layout.list_partitions(settings) == days
+    assert _xcom(run_id, "ingest_exports") == [d.isoformat() for d in days[1:]], "both skipped nights, oldest first"
+    created = [layout.read_partition(settings, d, ["created_timestamp"])["created_timestamp"][0].as_py() for d in days]
+    assert created[1] < created[2], "September was published before October"
+    assert online.served_extraction(settings) == days[-1]
+
+
+def _xcom(run_id: str, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter_by(dag_id="hr_feature_pipeline", run_id=run_id, task_id=task_id,
+                                                 key="return_value").one()
+        return XComModel.deserialize_value(row)
 
 
 def test_a_failed_worker_step_carries_its_own_output():
@@ -280,12 +320,12 @@ def test_an_inbox_outside_the_configured_locations_stops_the_run_at_once(stack, 
     local_airflow.ensure_metadata_db()
     run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": "/etc"})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
-    assert state == "failed" and states["find_export"] == "failed", states
-    assert states["keep_raw"] in {"upstream_failed", None}
+    assert state == "failed" and states["plan_exports"] == "failed", states
+    assert states["ingest_exports"] in {"upstream_failed", None}
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
         ti = session.query(TaskInstance).filter_by(dag_id="hr_feature_pipeline", run_id=run_id,
-                                                   task_id="find_export").one()
+                                                   task_id="plan_exports").one()
         assert ti.try_number == 1, "a location that is not allowed fails at once, without retries"

@@ -56,6 +56,24 @@ def test_salary_band_edges(income, band):
     assert features.compute(raw_rows({"MonthlyIncome": income}), AS_OF)["salary_band"][0].as_py() == band
 
 
+@pytest.mark.parametrize("column", ["MonthlyIncome", "YearsAtCompany", "OverTime", "JobLevel", "TotalWorkingYears",
+                                    "YearsSinceLastPromotion", "WorkLifeBalance"])
+def test_a_missing_input_never_becomes_a_valid_looking_value(column):
+    """The reader refuses empty cells; if one ever got through, its features stay missing (which the
+    features suite rejects) instead of landing in a band or a ratio."""
+    rows = raw_rows({"EmployeeNumber": 1}, {"EmployeeNumber": 2})
+    values = rows[column].to_pylist()
+    rows = rows.set_column(rows.schema.get_field_index(column), column,
+                           pa.array([values[0], None], rows.schema.field(column).type))
+    computed = features.compute(rows, AS_OF).to_pylist()
+    affected = {"MonthlyIncome": ["salary_band"], "YearsAtCompany": ["tenure", "promotion_stagnation"],
+                "OverTime": ["overtime"], "JobLevel": ["career_velocity"], "TotalWorkingYears": ["career_velocity"],
+                "YearsSinceLastPromotion": ["promotion_stagnation"],
+                "WorkLifeBalance": ["overall_satisfaction"]}[column]
+    assert all(computed[1][name] is None for name in affected), computed[1]
+    assert all(computed[0][name] is not None for name in features.FEATURE_NAMES)
+
+
 def test_leaver_is_inactive_and_labelled():
     row = features.compute(raw_rows({"Attrition": "Yes"}), AS_OF).to_pylist()[0]
     assert row["is_active"] is False
@@ -90,3 +108,4 @@ def test_generate_and_describe_work_as_command_lines(tmp_path):
     assert table.num_rows >= 30 and table.column_names == list(USED_COLUMNS)
     described = run_cli("etl", "describe")
     assert described.returncode == 0 and features.markdown_table() in described.stdout
+    assert all(f"{name:22} {value}" in described.stdout for name, value in features.fingerprints().items())

@@ -302,6 +302,32 @@ def test_a_service_that_no_longer_provides_the_models_features_is_not_ready(serv
     assert httpx.get(f"{api.url}/readyz").status_code == 200
 
 
+def _wait_ready(api, ready: bool) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (httpx.get(f"{api.url}/readyz").status_code == 200) != ready:
+        time.sleep(0.5)
+    return httpx.get(f"{api.url}/readyz")
+
+
+def test_a_model_trained_on_other_feature_code_than_the_served_is_refused(served):
+    settings, _, _, api, client = served
+    roster = online.served_roster(settings)
+    employee = roster.active_ids()[0]
+    assert client.get(f"/v1/employees/{employee}/attrition").status_code == 200
+    # Materialization commits values computed by another satisfaction formula than the model's.
+    other = {**roster.fingerprints, "overall_satisfaction": "0a0a0a0a0a0a0a0a"}
+    online.commit_served(settings, replace(roster, fingerprints=other), 0)
+    try:
+        ready = _wait_ready(api, False)
+        assert ready.status_code == 503 and "trained on features computed by other code" in ready.json()["problem"]
+        body = _error(client.get(f"/v1/employees/{employee}/attrition"), 503, "mismatch")
+        assert "employee_features:overall_satisfaction (model " in body["message"]
+    finally:
+        online.commit_served(settings, roster, 0)
+    assert _wait_ready(api, True).status_code == 200
+    assert client.get(f"/v1/employees/{employee}/attrition").status_code == 200
+
+
 def test_metrics_parse_as_prometheus_text(served):
     _, _, _, api, client = served
     client.get("/v1/employees/987654/attrition")

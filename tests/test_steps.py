@@ -52,3 +52,31 @@ def test_the_backfill_window_defaults_to_the_exports_present():
         steps.backfill_window(found, "2026-01-01", "2025-01-01")
     with pytest.raises(steps.NoExportError):
         steps.backfill_window({}, None, None)
+
+
+@pytest.mark.integration
+def test_a_nightly_run_plans_every_export_since_the_last_published_oldest_first(stack, tmp_path):
+    from conftest import isolated
+    from core import s3
+    from etl import layout
+
+    inbox = tmp_path / "nightly-inbox"
+    inbox.mkdir()
+    days = [date(2026, 7, 31), date(2026, 8, 31), date(2026, 9, 30), date(2026, 10, 31)]
+    for day in days:
+        (inbox / f"hr_export_{day}.csv").write_text("x")
+    settings = replace(isolated(stack, tmp_path, "plan"), inbox_roots=(str(inbox),))
+    plan = lambda run_date, chosen=None: [d for d, _ in steps.pending_exports(settings, str(inbox), run_date, chosen)]  # noqa: E731
+
+    assert plan(date(2026, 11, 24)) == days, "nothing published yet: every export, oldest first"
+    s3.put_bytes(settings, layout.partition_key(settings, days[1]), b"published")
+    # Two nights were skipped after August: both September and October are planned, in order.
+    assert plan(date(2026, 11, 24)) == days[2:]
+    assert plan(date(2026, 10, 15)) == [days[2]], "nothing dated after the run's date"
+    s3.put_bytes(settings, layout.partition_key(settings, days[3]), b"published")
+    assert plan(date(2026, 11, 24)) == [days[3]], "a re-run re-ingests the newest export, no gap is filled behind it"
+    assert plan(date(2026, 11, 24), days[0]) == [days[0]], "a named date is exactly that export"
+    with pytest.raises(steps.NoExportError, match="no export dated 2026-08-15 .*newest before it: 2026-07-31"):
+        plan(date(2026, 11, 24), date(2026, 8, 15))
+    with pytest.raises(steps.NoExportError):
+        plan(date(2026, 1, 1))

@@ -4,8 +4,10 @@
     python -m training predict --employee-id 17   # online features -> probability, by the stored order
     python -m training skew-check                 # online vs offline point-in-time, exactly, values and event times
 
-Exit status: 0 ok; 1 the model failed its quality gate, prediction was refused (missing, stale
-or mismatched features) or the skew check found differences; 2 no data or no model yet.
+Exit status: 0 ok; 1 the model failed its quality gate, the history mixes feature code (see
+--recompute-history), prediction was refused (missing, stale or mismatched features, or a model
+trained on other feature code than the served) or the skew check found differences; 2 no data or
+no model yet; 3 S3 or Redis failed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import redis
 
 from core import log as logsetup
 from core import settings as settings_mod
+from core.lease import Busy, LeaseLost
 from core.s3 import StorageError
+from etl.schema import ContractError
+from expectations.gate import ValidationFailed
 from features import store as fs
 from features.online import ServingError
 from training import dataset, model
@@ -31,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train, evaluate and store a model; promote it if it passes the gate")
     t.add_argument("--horizon-extractions", type=int, default=dataset.HORIZON,
                    help=f"label: leaves within this many later extractions (default {dataset.HORIZON})")
+    t.add_argument("--recompute-history", action="store_true",
+                   help="first recompute, from their kept raw exports, the partitions computed by other code "
+                        "than this checkout's (needed after a feature's transformation changed)")
     p = sub.add_parser("predict", help="score employees from their online features")
     p.add_argument("--employee-id", type=int, action="append", required=True)
     s = sub.add_parser("skew-check", help="compare online and offline values and event times, exactly")
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     store = fs.open_store(settings)
     try:
         if args.command == "train":
-            result = model.train(store, settings, horizon=args.horizon_extractions)
+            result = model.train(store, settings, horizon=args.horizon_extractions, recompute=args.recompute_history)
             print(result.summary())
             return 0 if result.promoted else 1
         if args.command == "predict":
@@ -59,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as exc:
         print(f"error ({exc.reason}): {exc}", file=sys.stderr)
         return 2 if exc.reason in {"no_model", "unavailable"} else 1
+    except (ContractError, ValidationFailed, Busy, LeaseLost) as exc:  # --recompute-history could not recompute
+        print(f"error: recomputing history stopped: {exc}", file=sys.stderr)
+        return 1
+    except dataset.MixedHistory as exc:  # needs a decision (recompute), unlike "no data yet"
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except dataset.DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from feast import FeatureStore
 from core import s3
 from core.settings import Settings
 from etl import features as spec
+from etl import layout
 from etl.layout import features_dataset
 from features import online
 
@@ -29,6 +30,36 @@ LABEL = "label"
 
 class DatasetError(RuntimeError):
     """The training set cannot be built as asked; the message says why."""
+
+
+class MixedHistory(DatasetError):
+    """Partitions of the history were computed by different code for a feature the model takes."""
+
+
+def history_fingerprints(settings: Settings, names: list[str]) -> dict[str, str]:
+    """{feature: fingerprint} shared by every published partition, for the features ``names``.
+
+    One training set must not mix values of two definitions of a feature: a model would learn
+    from both and be served one. Raises MixedHistory naming each mixed feature and its dates."""
+    per_date = layout.partition_fingerprints(settings)
+    shared, mixed = {}, []
+    for name in names:
+        dates_of: dict[str, list] = {}
+        for day, fingerprints in per_date.items():
+            dates_of.setdefault(fingerprints.get(name, "unrecorded"), []).append(day)
+        if len(dates_of) > 1:
+            spans = "; ".join(f"{fp} in {len(days)} extraction(s) {days[0]}..{days[-1]}"
+                              for fp, days in sorted(dates_of.items(), key=lambda item: item[1][0]))
+            mixed.append(f"{name}: {spans}")
+        elif dates_of:
+            shared[name] = next(iter(dates_of))
+    if mixed:
+        current = spec.fingerprints()
+        raise MixedHistory("the history mixes features computed by different code: " + " | ".join(mixed)
+                           + f" (the code here computes {', '.join(f'{n} {current[n]}' for n in names if n in current)})."
+                           " Recompute the old partitions from their kept raw exports with the current code: "
+                           "python -m training train --recompute-history")
+    return shared
 
 
 def features_table(settings: Settings, columns: list[str]):

@@ -16,7 +16,7 @@ import io
 import json
 import logging
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 
@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from core import s3
 from core.settings import Settings
 from etl import features as spec
+from etl import ingest
 from etl.layout import LATEST_MODEL_POINTER, MODEL_PREFIX
 from features import online
 from features.definitions import FEATURE_TTL
@@ -129,7 +130,9 @@ def _versions() -> dict:
 
 def _model_card(meta: dict) -> str:
     m = meta["metrics"]
-    rows = "\n".join(f"| {i + 1} | `{ref}` |" for i, ref in enumerate(meta["feature_refs"]))
+    computed_by = meta.get("feature_fingerprints", {})
+    rows = "\n".join(f"| {i + 1} | `{ref}` | `{computed_by.get(ref, 'unrecorded')}` |"
+                     for i, ref in enumerate(meta["feature_refs"]))
     calibration = "\n".join(f"| {c['predicted']:.3f} | {c['observed']:.3f} |" for c in m["calibration"])
     return f"""# Attrition model {meta['version']}
 
@@ -141,10 +144,11 @@ Predicts whether an active employee leaves within the next {meta['horizon_extrac
   a test label is about. {meta['test_employees_also_in_training']} of the {meta['test_employees']} test
   employees also appear (at earlier times) in training.
 * Features: feature service `{meta['feature_service']}`, point-in-time correct (Feast
-  `get_historical_features`), in this order:
+  `get_historical_features`), in this order, each with the fingerprint of the code that computed
+  it (serving refuses this model once values computed by other code are served):
 
-| position | feature |
-| --- | --- |
+| position | feature | computed by |
+| --- | --- | --- |
 {rows}
 
 * Dropped from training: {meta['dropped_rows_missing_features']} label rows with a feature missing in the TTL.
@@ -175,10 +179,29 @@ Quality gate: ROC AUC >= {MIN_ROC_AUC} before this version may become `latest`.
 """
 
 
-def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZON) -> TrainResult:
+def recompute_history(settings: Settings) -> list[str]:
+    """Recompute every partition computed by other code than this checkout's, oldest first."""
+    stale = ingest.stale_partitions(settings)
+    for done, day in enumerate(stale, 1):
+        log.info("recomputing history: %d/%d, the extraction of %s", done, len(stale), day)
+        ingest.recompute(settings, day)
+    return [day.isoformat() for day in stale]
+
+
+def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZON,
+          recompute: bool = False) -> TrainResult:
+    """Labels -> point-in-time training set -> model, stored with its card; promoted if it passes.
+
+    Every partition must have been computed by the same code for the features the model takes
+    (dataset.MixedHistory otherwise); ``recompute`` first recomputes the partitions this
+    checkout's code would compute differently, from their kept raw exports."""
+    if recompute:
+        recomputed = recompute_history(settings)
+        log.info("recomputed %d partition(s) with the current code: %s", len(recomputed), ", ".join(recomputed) or "none")
     labels = dataset.build_labels(settings, horizon)
     refs = online.service_feature_refs(store)
     names = [r.split(":", 1)[1] for r in refs]
+    computed_by = dataset.history_fingerprints(settings, names)
     frame = dataset.point_in_time(store, settings, labels)
     complete = frame.dropna(subset=names)
     dropped = len(frame) - len(complete)
@@ -192,6 +215,7 @@ def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZO
     meta = {
         "version": version, "trained_at": datetime.now(timezone.utc).isoformat(),
         "feature_service": online.FEATURE_SERVICE, "feature_refs": refs, "feature_view_ttl_seconds": FEATURE_TTL.total_seconds(),
+        "feature_fingerprints": {ref: computed_by[name] for ref, name in zip(refs, names) if name in computed_by},
         "horizon_extractions": horizon, "split_at": cutoff.isoformat(), "train_rows": int(len(train_rows)),
         "train_until": pd.Timestamp(train_rows[spec.TIMESTAMP].max()).isoformat(),
         "test_employees_also_in_training": int(len(set(test_rows[spec.ENTITY_KEY]) & set(train_rows[spec.ENTITY_KEY]))),
@@ -207,7 +231,8 @@ def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZO
     client = s3.client(settings)
     s3.put_bytes(settings, f"{prefix}/model.joblib", artifact, s3=client)
     s3.put_bytes(settings, f"{prefix}/metadata.json", json.dumps(meta, indent=2).encode(), content_type="application/json", s3=client)
-    s3.put_bytes(settings, f"{prefix}/features.json", json.dumps({"feature_service": online.FEATURE_SERVICE, "feature_refs": refs}).encode(),
+    s3.put_bytes(settings, f"{prefix}/features.json", json.dumps({"feature_service": online.FEATURE_SERVICE, "feature_refs": refs,
+                                                                   "feature_fingerprints": meta["feature_fingerprints"]}).encode(),
                  content_type="application/json", s3=client)
     s3.put_bytes(settings, f"{prefix}/entity_df.parquet", labels.to_parquet(index=False), s3=client)
     s3.put_bytes(settings, f"{prefix}/roc_curve.png", _roc_png(curve, metrics["roc_auc"]), content_type="image/png", s3=client)
@@ -228,6 +253,7 @@ class LoadedModel:
     feature_service: str
     feature_refs: list[str]
     roc_auc: float | None = None
+    fingerprints: dict = field(default_factory=dict)  # {ref: fingerprint} of the code that computed its training data
 
 
 def promote(settings: Settings, version: str) -> dict:
@@ -271,15 +297,18 @@ def load_latest(settings: Settings) -> LoadedModel:
                            "a model again)", "no_model")
     model = joblib.load(io.BytesIO(artifact))
     return LoadedModel(pointer["version"], model, meta["feature_service"], meta["feature_refs"],
-                       meta.get("metrics", {}).get("roc_auc"))
+                       meta.get("metrics", {}).get("roc_auc"), meta.get("feature_fingerprints", {}))
 
 
 def feature_vectors(store: FeatureStore, settings: Settings, loaded: LoadedModel, employee_ids: list[int],
                     now: datetime | None = None) -> np.ndarray:
     """The model's input rows, assembled by name in the model's stored order; refuses anything off."""
     online.check_service(store, loaded.feature_service, loaded.feature_refs, loaded.version)
+    roster = online.served_roster(settings)
+    if roster is not None:
+        online.check_fingerprints(loaded.version, loaded.fingerprints, roster)
     vectors = online.online_vectors(store, settings, employee_ids, refs=loaded.feature_refs,
-                                    service=loaded.feature_service, now=now)
+                                    service=loaded.feature_service, roster=roster, now=now)
     return np.asarray([vectors[int(i)] for i in employee_ids], dtype=float)
 
 
