@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -400,9 +402,44 @@ def admission_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
                     for b in bindings)
         if "system:serviceaccount:airflow:airflow-worker" in conditions and bound:
             missing = [what for what, value in needed.items() if value not in text]
-            return [Problem(f"ValidatingAdmissionPolicy {policy['metadata']['name']}", f"does not restrict pods to {w}")
-                    for w in missing]
+            where = f"ValidatingAdmissionPolicy {policy['metadata']['name']}"
+            return [Problem(where, f"does not restrict pods to {w}") for w in missing] + _decisions(where, policy)
     return [Problem("deploy/k8s", "no ValidatingAdmissionPolicy, bound with Deny, on the pods Airflow's tasks create")]
+
+
+def worker_pod() -> dict:
+    """The worker pod exactly as Airflow's KubernetesPodOperator renders it (the nightly materialization)."""
+    from dataclasses import replace
+
+    from kubernetes.client import ApiClient
+
+    from core import settings as settings_mod
+    from orchestration.worker import kubernetes_operator, worker_spec
+
+    settings = replace(settings_mod.load(), runner="kubernetes")
+    spec = worker_spec("materialize_incremental", ["python", "-m", "features", "materialize-incremental"], settings)
+    with contextlib.redirect_stdout(io.StringIO()):  # "Building pod ..." is not a finding of the check
+        pod = kubernetes_operator(spec, settings).build_pod_request_obj(dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+def _decisions(where: str, policy: dict) -> list[Problem]:
+    """The policy's CEL, run offline: the rendered worker pod is admitted, each one-mistake variant denied."""
+    from deploy import admission
+
+    pod = worker_pod()
+    problems = []
+    decision = admission.decide(policy, pod)
+    if not decision.matched:
+        problems.append(Problem(where, f"does not apply to pods created by {admission.AIRFLOW_TASKS}"))
+    elif decision.denied:
+        problems.append(Problem(where, f"denies the worker pod Airflow renders: {'; '.join(decision.denied)}"))
+    for mistake, variant in admission.violations(pod).items():
+        if admission.decide(policy, variant).admitted:
+            problems.append(Problem(where, f"admits a worker pod with {mistake}"))
+    if admission.decide(policy, pod, username="system:serviceaccount:feature-platform:default").matched:
+        problems.append(Problem(where, "applies to pods the platform's own Deployments create"))
+    return problems
 
 
 def check_all() -> list[Problem]:

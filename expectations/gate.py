@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ from core.settings import Settings
 from etl.layout import list_partitions, partition_key
 from etl.schema import (RAW_COLUMNS, VALUES_SHOWN, WHOLE_NUMBER, ContractError, normalize, read_header,
                         redact_arrow_error, safe_name)
+from expectations import report as html_report
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +358,12 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
                       None if frame is None else len(frame), pre_failures + failures, pre_warnings + warnings, report)
     client = s3.client(settings) if (publish_report or quarantine) else None
     partition = f"extraction_date={as_of.isoformat() if as_of else 'unknown'}"
-    if publish_report and report:
-        outcome.report_uri = _publish_report(settings, report, docs_dir,
-                                             f"validation-reports/{suite_name}/{partition}/{run_id}", client)
+    reports = f"validation-reports/{suite_name}/{partition}/{run_id}"
+    data_docs = None
+    if publish_report:
+        if report:
+            data_docs = _publish_report(settings, report, docs_dir, reports, client)
+        outcome.report_uri = f"s3://{settings.s3_bucket}/{reports}/{html_report.REPORT_FILE}"
     if quarantine and not outcome.passed:
         prefix = f"{settings.s3_quarantine_prefix}/{suite_name}/{partition}/{run_id}"
         if kept_at is None:
@@ -373,6 +378,15 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
         s3.put_bytes(settings, f"{prefix}/reason.json", json.dumps(reason, indent=2, default=str).encode(),
                      content_type="application/json", s3=client)
         outcome.quarantine_uri = f"s3://{settings.s3_bucket}/{prefix}/"
+    # The page a person opens (the log, reason.json and the alert link it): styled with no network.
+    local = docs_dir / "runs" / suite_name / run_id / html_report.REPORT_FILE
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_text(html_report.render(outcome, os.path.relpath(report, local.parent) if report else None))
+    outcome.report_path = str(local)
+    if outcome.report_uri:
+        relative = data_docs.split(f"/{reports}/", 1)[1] if data_docs else None
+        s3.put_bytes(settings, f"{reports}/{html_report.REPORT_FILE}", html_report.render(outcome, relative).encode(),
+                     content_type="text/html", s3=client)
     outcome.seconds = time.perf_counter() - started
     if outcome.passed:
         log.info("%s: suite %s passed (%s rows, %d warnings) in %.2fs", source, suite_name, outcome.rows,

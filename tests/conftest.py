@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -271,6 +271,13 @@ def isolated(stack: Settings, tmp_path: Path, name: str) -> Settings:
                    registry_url=f"sqlite:///{tmp_path / f'{name}-registry.db'}")
 
 
+def cli_env(settings: Settings, **extra: str) -> dict:
+    """The variables that point a CLI or a server at ``settings``' prefixes, project, registry and Redis."""
+    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
+            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
+            "FP_REDIS_URL": settings.redis_url, **extra}
+
+
 def corrected_export(source: Path, folder: Path, column: str, employees) -> Path:
     """``source`` as the HR system re-sends it: ``column`` corrected for ``employees`` (a rating of
     1 becomes 4, any other becomes 1), under the same file name in ``folder``."""
@@ -291,6 +298,22 @@ def ingest_exports(settings: Settings, paths: list[Path]) -> None:
 
     for path in paths:
         ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
+
+
+def served_history(settings: Settings, paths: list[Path]):
+    """``paths`` ingested, the definitions applied, Redis loaded and a model trained and promoted
+    (whether or not it passed the quality gate, which is not what its callers test): (store, result)."""
+    from features import store as fs
+    from training import model
+
+    ingest_exports(settings, paths)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    fs.materialize(store, settings, datetime.now(timezone.utc))
+    result = model.train(store, settings, horizon=2)
+    if not result.promoted:
+        model.promote(settings, result.version)
+    return store, result
 
 
 @pytest.fixture

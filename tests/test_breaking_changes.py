@@ -9,7 +9,7 @@ import pytest
 from feast import Field
 from feast.types import Float32, Int64
 
-from conftest import isolated, run_cli
+from conftest import cli_env, isolated, run_cli
 from features import check
 from features import store as fs
 from features.definitions import build
@@ -92,14 +92,14 @@ def test_a_service_order_other_than_the_models_breaks(registry, tmp_path):
     model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": [refs[1], refs[0], *refs[2:]]}))
     breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
     assert len(breaks) == 1 and breaks[0].startswith("feature service attrition_model_v1: declares"), breaks
-    env = {"FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    env = cli_env(settings)
     proc = run_cli("features", "check", "--model-features", str(model), env=env)
     assert proc.returncode == 1 and "BREAKING feature service attrition_model_v1: declares" in proc.stdout
 
 
 def test_cli_exit_status(registry, tmp_path):
     settings, _ = registry
-    env = {"FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    env = cli_env(settings)
     ok = run_cli("features", "check", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     model = tmp_path / "model.json"

@@ -245,13 +245,12 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
 def test_the_nightly_run_catches_up_after_skipped_nights(stack, airflow_home, exports, tmp_path, monkeypatch):
     """August was published; the nights that should have published September and October were
     skipped. The next run publishes both, oldest first, each through the gate, and serves October."""
-    from conftest import ingest_exports, isolated
+    from conftest import cli_env, ingest_exports, isolated
     from etl import layout
     from features import online
 
     settings = isolated(stack, tmp_path, "catchup")
-    for name, value in {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-                        "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}.items():
+    for name, value in cli_env(settings).items():
         monkeypatch.setenv(name, value)
     inbox = tmp_path / "inbox"
     inbox.mkdir()

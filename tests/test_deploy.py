@@ -153,7 +153,35 @@ SECURITY_PLANTED = {
     "any Secret admitted": (
         lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]["validations"]
         .pop(3), check.admission_problems, r"does not restrict pods to the worker Secret"),
+    # The policy's CEL runs offline on the pod Airflow renders and on pods one mistake away from it.
+    "a hostPath admitted (CEL)": (
+        lambda docs: _validation(docs, "emptyDir").__setitem__(
+            "expression", "object.spec.?volumes.orValue([]).all(v, !has(v.secret) || "
+                          "v.secret.secretName == 'feature-platform-ca')"),
+        check.admission_problems, r"admits a worker pod with a hostPath volume"),
+    "root admitted (CEL)": (
+        lambda docs: _validation(docs, "runAsNonRoot").__setitem__(
+            "expression", "variables.containers.all(c, c.?securityContext.?privileged.orValue(false) == false)"),
+        check.admission_problems, r"admits a worker pod with root"),
+    "the worker pod denied (CEL)": (
+        lambda docs: _validation(docs, "c.image.startsWith").__setitem__(
+            "expression", "variables.containers.all(c, c.image.startsWith('docker.io/'))"),
+        check.admission_problems, r"denies the worker pod Airflow renders: worker pods run the worker image only"),
+    "init containers not checked (CEL)": (
+        lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]["variables"][0]
+        .__setitem__("expression", "object.spec.containers"),
+        check.admission_problems, r"admits a worker pod with an init container with another image"),
+    "matches everyone (CEL)": (
+        lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]
+        ["matchConditions"][0].__setitem__("expression", "request.userInfo.username != '' || "
+                                                          "request.userInfo.username == 'system:serviceaccount:airflow:airflow-worker'"),
+        check.admission_problems, r"applies to pods the platform's own Deployments create"),
 }
+
+
+def _validation(documents, needle: str) -> dict:
+    policy = _named(documents, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")
+    return next(v for v in policy["spec"]["validations"] if needle in v["expression"])
 
 
 def test_security_checks_pass_on_the_repository():

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import ingest_exports, isolated, run_cli
+from conftest import cli_env, isolated, run_cli, served_history
 from core import s3
 from core.fingerprint import code_fingerprint
 from etl import features as spec
@@ -79,19 +79,8 @@ def test_every_feature_has_its_own_fingerprint():
 def history(stack, exports, tmp_path_factory):
     """Six monthly extractions ingested with this code, applied, materialized, a model promoted."""
     settings = isolated(stack, tmp_path_factory.mktemp("fingerprints"), "fpr")
-    ingest_exports(settings, exports)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=2)
-    if not result.promoted:
-        model.promote(settings, result.version)  # the gate is tested elsewhere; fingerprints are under test here
+    store, result = served_history(settings, exports)
     return settings, store, result
-
-
-def _env(settings) -> dict:
-    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
 
 
 def test_partitions_the_registry_and_the_model_record_the_fingerprints(history):
@@ -123,7 +112,7 @@ def test_a_changed_formula_is_a_breaking_change_naming_the_feature(history, tmp_
     settings, _, _ = history
     changed = _checkout_with(tmp_path / "formula", "return pc.divide(pc.cast(total, _F64), 4.0)",
                              "return pc.divide(pc.cast(total, _F64), 3.0)")
-    proc = run_cli("features", "check", env=_env(settings), cwd=changed)
+    proc = run_cli("features", "check", env=cli_env(settings), cwd=changed)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     breaking = [line for line in proc.stdout.splitlines() if line.startswith("BREAKING")]
     assert len(breaking) == 1 and "feature employee_features:overall_satisfaction: its transformation changed" \
@@ -131,7 +120,7 @@ def test_a_changed_formula_is_a_breaking_change_naming_the_feature(history, tmp_
 
     commented = _checkout_with(tmp_path / "comment", "return pc.divide(pc.cast(total, _F64), 4.0)",
                                "return pc.divide(pc.cast(total, _F64), 4.0)  # the mean of four ratings")
-    proc = run_cli("features", "check", env=_env(settings), cwd=commented)
+    proc = run_cli("features", "check", env=cli_env(settings), cwd=commented)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
@@ -167,7 +156,7 @@ def test_training_refuses_a_mixed_history_and_recomputes_it_when_told(history):
     _republish_as_other_code(settings, oldest, {**spec.fingerprints(), "salary_band": "5a1a5a1a5a1a5a1a"})
     assert ing.stale_partitions(settings) == [oldest]
 
-    proc = run_cli("training", "train", "--horizon-extractions", "2", env=_env(settings))
+    proc = run_cli("training", "train", "--horizon-extractions", "2", env=cli_env(settings))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "salary_band: 5a1a5a1a5a1a5a1a in 1 extraction(s)" in proc.stderr and "--recompute-history" in proc.stderr
     assert "tenure" not in proc.stderr.split("the code here computes")[0], "only the mixed feature is named"
@@ -197,7 +186,7 @@ def test_serving_refuses_a_model_trained_on_other_code(history):
         model.predict(store, settings, active)
     assert refused.value.reason == "mismatch" and "overall_satisfaction (model " in str(refused.value)
     assert loaded.version in str(refused.value)
-    proc = run_cli("training", "predict", "--employee-id", str(active[0]), env=_env(settings))
+    proc = run_cli("training", "predict", "--employee-id", str(active[0]), env=cli_env(settings))
     assert proc.returncode == 1 and "trained on features computed by other code" in proc.stderr, proc.stderr[-2000:]
 
     # What Redis holds decides, not what the partition says now: recomputing the partition without

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ROOT, Proxy, isolated, run_cli
+from conftest import ROOT, Proxy, cli_env, isolated, run_cli
 from core import s3
 from core.lease import Lease
 from etl import ingest as ing
@@ -211,7 +211,7 @@ def test_concurrent_ingests_of_one_date_publish_one_complete_version(stack, expo
 def test_an_ingest_of_a_busy_date_writes_nothing_and_exits_4(stack, exports, tmp_path):
     day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
     settings = isolated(stack, tmp_path, "busy")
-    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
+    env = cli_env(settings)
     with Lease(settings, layout.ingest_lock_key(settings, day), "a long ingest"):
         busy = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
     assert busy.returncode == 4, busy.stderr[-2000:]

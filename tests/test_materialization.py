@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import corrected_export, ingest_exports, isolated
+from conftest import cli_env, corrected_export, ingest_exports, isolated
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout
@@ -107,8 +107,7 @@ def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
 
     settings = isolated(stack, tmp_path, "window")
     ingest_exports(settings, exports[-3:])
-    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-           "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url}
+    env = cli_env(settings)
     assert run_cli("features", "apply", env=env).returncode == 0
     dates = layout.list_partitions(settings)
     start, end = spec.extraction_timestamp(dates[0]), spec.extraction_timestamp(dates[1]) + timedelta(days=1)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Proxy, dedicated_valkey, ingest_exports, isolated, run_cli
+from conftest import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, run_cli
 from features import online
 from features import store as fs
 from monitoring import health
@@ -62,12 +62,6 @@ def _tls_endpoint(port: int, cert, key) -> Proxy:
     return Proxy(port, tls=context)
 
 
-def _env(settings) -> dict:
-    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url}
-
-
 def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
     with dedicated_valkey(tmp_path) as (port, _):
         good = _tls_endpoint(port, pki / "localhost.crt", pki / "localhost.key")
@@ -76,8 +70,8 @@ def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
             settings = replace(isolated(stack, tmp_path, "tls"),
                                redis_url=f"rediss://localhost:{good.port}/0?ssl_ca_certs={pki / 'ca.crt'}")
             ingest_exports(settings, exports[-2:])
-            assert run_cli("features", "apply", env=_env(settings)).returncode == 0
-            loaded = run_cli("features", "materialize-incremental", env=_env(settings))
+            assert run_cli("features", "apply", env=cli_env(settings)).returncode == 0
+            loaded = run_cli("features", "materialize-incremental", env=cli_env(settings))
             assert loaded.returncode == 0, loaded.stderr[-2000:]
 
             store = fs.open_store(settings)
@@ -96,7 +90,7 @@ def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
             for url in (f"rediss://localhost:{wrong.port}/0?ssl_ca_certs={pki / 'ca.crt'}",
                         f"rediss://localhost:{good.port}/0"):
                 refused = run_cli("features", "online", "--employee-id", str(active[0]),
-                                  env={**_env(settings), "FP_REDIS_URL": url})
+                                  env={**cli_env(settings), "FP_REDIS_URL": url})
                 assert refused.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr[-2000:]
         finally:
             good.close()

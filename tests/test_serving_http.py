@@ -18,7 +18,7 @@ import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from conftest import ROOT, Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli, served_history
 from etl import features as spec
 from etl import layout
 from features import online
@@ -30,21 +30,15 @@ pytestmark = pytest.mark.integration
 TOKEN = "test-token-" + os.urandom(6).hex()
 
 
-def _env(settings, **extra) -> dict:
-    return {**os.environ, "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url, **extra}
-
-
 class Server:
-    """A `python -m serving ...` process on a free port, stopped at the end."""
+    """A `python -m serving ...` process on a free port (this environment plus ``env``), stopped at the end."""
 
     def __init__(self, args: list[str], env: dict, health: str, log_path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "serving", *args, "--port", str(self.port)], cwd=ROOT,
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -69,16 +63,10 @@ def served(stack, exports, tmp_path_factory):
     """Six months for 300 employees, materialized; a model trained and promoted; both servers up."""
     folder = tmp_path_factory.mktemp("http")
     settings = isolated(stack, folder, "http")
-    ingest_exports(settings, exports)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=2)
-    if not result.promoted:
-        model.promote(settings, result.version)  # the quality gate is not what these tests are about
-    feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], _env(settings),
+    store, _ = served_history(settings, exports)
+    feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], cli_env(settings),
                             "/health", folder / "feature-server.log")
-    api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN,
+    api = Server(["api"], cli_env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN,
                                FP_API_REFRESH_SECONDS="1"), "/healthz", folder / "api.log")
     client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     yield settings, store, feature_server, api, client
@@ -103,7 +91,7 @@ def test_api_prediction_equals_the_cli_and_is_assembled_in_the_models_order(serv
     assert body["model_version"] == loaded.version
     assert body["features_as_of"] == spec.extraction_timestamp(max(layout.list_partitions(settings))).isoformat()
     assert body["probability"] == model.predict(store, settings, [employee])[employee]
-    cli = run_cli("training", "predict", "--employee-id", str(employee), env=_env(settings))
+    cli = run_cli("training", "predict", "--employee-id", str(employee), env=cli_env(settings))
     assert cli.returncode == 0, cli.stderr
     assert f'"{employee}": {round(body["probability"], 4)}' in cli.stdout
 
@@ -230,7 +218,7 @@ def test_each_error_class_has_its_status(served):
 
 def test_an_unreachable_feature_server_is_503_and_not_ready(served, tmp_path):
     settings, _, _, _, _ = served
-    api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=f"http://127.0.0.1:{free_port()}", FP_API_TOKEN=TOKEN),
+    api = Server(["api"], cli_env(settings, FP_FEATURE_SERVER_URL=f"http://127.0.0.1:{free_port()}", FP_API_TOKEN=TOKEN),
                  "/healthz", tmp_path / "api.log")
     try:
         employee = next(i for i, r in _rows(settings).items() if r["is_active"])
@@ -253,9 +241,9 @@ def test_redis_frozen_or_down_behind_the_feature_server_is_503_and_not_ready(ser
         key = online.redis_key(settings.feast_project, employee)
         own.hset(key, mapping=redis.Redis.from_url(settings.redis_url).hgetall(key))
         pid = own.info("server")["process_id"]
-        env = _env(settings, FP_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        env = cli_env(settings, FP_REDIS_URL=f"redis://127.0.0.1:{port}/0")
         feature_server = Server(["feature-server", "--workers", "1"], env, "/health", tmp_path / "fs.log")
-        api = Server(["api"], _env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN),
+        api = Server(["api"], cli_env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN),
                      "/healthz", tmp_path / "api.log")
         url, headers = f"{api.url}/v1/employees/{employee}/attrition", {"Authorization": f"Bearer {TOKEN}"}
         try:
@@ -355,7 +343,7 @@ def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, export
     ingest_exports(local, exports[-1:])
     previous, latest = layout.list_partitions(local)[-2:]
     both = sorted(set(online.read_roster(local, previous).active_ids()) & set(online.read_roster(local, latest).active_ids()))
-    server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], _env(local), "/health",
+    server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], cli_env(local), "/health",
                     tmp_path / "fs.log")
     roster = online.RosterCache(local)
     http = httpx.Client(base_url=server.url)
@@ -401,7 +389,7 @@ def test_make_serve_starts_both_idempotently_and_down_stops_them(served, tmp_pat
     from serving import token
 
     settings = served[0]
-    for key, value in _env(settings).items():
+    for key, value in cli_env(settings).items():
         monkeypatch.setenv(key, value)
     local = replace(settings, local_dir=tmp_path / "local", feature_server_url=f"http://127.0.0.1:{free_port()}",
                     api_port=free_port(), api_token=None)

@@ -17,7 +17,7 @@ import pytest
 import redis
 from feast import FeatureViewState
 
-from conftest import Loop, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from conftest import Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing
@@ -186,12 +186,6 @@ def test_run_failing_on_redis_writes_leaves_previous_values_served(stack, export
         assert len(served) == len(both)
 
 
-def _cli_env(settings) -> dict:
-    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url}
-
-
 def test_materialization_into_a_frozen_or_dead_redis_fails_cleanly_and_converges(stack, exports, tmp_path):
     """SIGSTOP (connections accepted, never answered), then kill: the CLI ends within its Redis
     deadlines with exit 3 and one line saying what failed (the 600 s limit only detects a hang),
@@ -199,11 +193,11 @@ def test_materialization_into_a_frozen_or_dead_redis_fails_cleanly_and_converges
     with dedicated_valkey(tmp_path) as (port, client):
         settings = replace(isolated(stack, tmp_path, "frozen"), redis_url=f"redis://127.0.0.1:{port}/0")
         ingest_exports(settings, exports)
-        run_cli("features", "apply", env=_cli_env(settings))
+        run_cli("features", "apply", env=cli_env(settings))
         pid = client.info("server")["process_id"]
         os.kill(pid, signal.SIGSTOP)
         try:
-            frozen = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings),
+            frozen = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=cli_env(settings),
                              timeout=600)
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -214,13 +208,13 @@ def test_materialization_into_a_frozen_or_dead_redis_fails_cleanly_and_converges
         assert store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals == []
         assert not s3.exists(settings, layout.served_state_key(settings)), "no extraction committed as served"
 
-        recovered = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings))
+        recovered = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=cli_env(settings))
         assert recovered.returncode == 0, recovered.stderr[-2000:]
         assert online.served_extraction(settings) == LATEST
         assert len(online.online_vectors(fs.open_store(settings), settings, sorted(_active(settings, LATEST)),
                                          now=NIGHT)) == len(_active(settings, LATEST))
         client.shutdown(nosave=True)
-    dead = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=_cli_env(settings))
+    dead = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=cli_env(settings))
     assert dead.returncode == 3 and "Traceback" not in dead.stderr
     assert "failed: ConnectionError" in dead.stderr
 

@@ -15,7 +15,7 @@ from feast import FeatureService
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from conftest import ingest_exports, isolated, run_cli
+from conftest import cli_env, ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing
@@ -188,8 +188,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
         client.hset(key, mapping=saved)
         client.hset(other_key, mapping=other_saved)
 
-    env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_FEAST_PROJECT": settings.feast_project,
-           "FP_REGISTRY_URL": settings.registry_url}
+    env = cli_env(settings)
     refused = run_cli("training", "predict", "--employee-id", "987654321", env=env)
     assert refused.returncode == 1 and "employee 987654321: unknown employee" in refused.stderr
 

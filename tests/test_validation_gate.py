@@ -3,10 +3,13 @@ clear error naming file, column and rule, quarantined with its reason, kept raw,
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 from dataclasses import replace
 from datetime import date, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -128,11 +131,37 @@ def test_bad_export_is_stopped_quarantined_and_not_served(case, gate_settings, g
     assert not s3.exists(gate_settings, partition_key(gate_settings, BAD_DAY))
     assert s3.get_bytes(gate_settings, partition_key(gate_settings, GOOD_DAY)) == baseline
 
-    # The human-readable report exists locally and on S3.
-    if outcome.rows is not None:
-        assert outcome.report_path and outcome.report_path.endswith(".html")
-        _, report_key = s3.parse_uri(outcome.report_uri)
-        assert b"<html" in s3.get_bytes(gate_settings, report_key)[:2000].lower()
+    # The human-readable report exists locally and on S3, unreadable batches included, and names the rule.
+    assert reason["report"] == outcome.report_uri and outcome.report_uri.endswith("/report.html")
+    page = s3.get_bytes(gate_settings, s3.parse_uri(outcome.report_uri)[1]).decode()
+    local = Path(outcome.report_path).read_text()
+    for text in (page, local):
+        assert html.escape(rule) in text and (column is None or column in text) and ">failed<" in text
+
+
+def test_the_report_page_reads_offline_and_links_the_data_docs(gate_settings, good_export, tmp_path):
+    path = tmp_path / f"hr_export_{BAD_DAY}.csv"
+    path.write_bytes(edit(good_export, set_cells("JobSatisfaction", "0")))
+    with pytest.raises(gate.ValidationFailed) as raised:
+        ing.ingest(gate_settings, str(path), BAD_DAY)
+    outcome = raised.value.outcome
+    key = s3.parse_uri(outcome.report_uri)[1]
+    page = s3.get_bytes(gate_settings, key).decode()
+    # Self-contained: styles inline, no script, nothing fetched from anywhere.
+    assert "<style>" in page and "<script" not in page and "<link" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//|url\(""", page), "the page fetches nothing"
+    assert "expect_column_values_to_be_between" in page and "JobSatisfaction" in page
+    assert html.escape(outcome.quarantine_uri) in page and html.escape(str(path)) in page
+    # Its link to the full Data Docs page resolves next to it, on S3 and locally.
+    link = re.search(r'href="([^"]+)"', page).group(1)
+    assert s3.exists(gate_settings, f"{key.rsplit('/', 1)[0]}/{link}") and link.endswith(".html")
+    local = Path(outcome.report_path)
+    local_link = re.search(r'href="([^"]+)"', local.read_text()).group(1)
+    assert (local.parent / local_link).resolve().is_file()
+    # A passing batch gets its page too.
+    passed = gate.validate(gate_settings, "raw", str(tmp_path / "good.csv"), as_of=GOOD_DAY, data=good_export,
+                           quarantine=False)
+    assert passed.passed and ">passed<" in s3.get_bytes(gate_settings, s3.parse_uri(passed.report_uri)[1]).decode()
 
 
 def test_padded_categories_publish_the_true_counts(gate_settings, good_export, tmp_path):
