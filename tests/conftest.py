@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -269,6 +269,42 @@ def isolated(stack: Settings, tmp_path: Path, name: str) -> Settings:
     return replace(stack, s3_features_prefix=f"{name}-{token}/features", s3_raw_prefix=f"{name}-{token}/raw",
                    feast_project=f"{stack.feast_project}_{name}{token}",
                    registry_url=f"sqlite:///{tmp_path / f'{name}-registry.db'}")
+
+
+def _certificate(name: str, issuer_key, issuer_name, key, ca: bool = False):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def make_pki(folder: Path, hosts: list[str]) -> Path:
+    """A fresh CA (``ca.crt``) and, for each host name, a server certificate it signed
+    (``<host>.crt``, ``<host>.key``), in ``folder``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test CA", ca_key, None, ca_key, ca=True)
+    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for host in hosts:
+        key = ec.generate_private_key(ec.SECP256R1())
+        (folder / f"{host}.crt").write_bytes(_certificate(host, ca_key, ca.subject, key).public_bytes(
+            serialization.Encoding.PEM))
+        (folder / f"{host}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                               serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    return folder
 
 
 def cli_env(settings: Settings, **extra: str) -> dict:

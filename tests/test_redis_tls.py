@@ -8,18 +8,12 @@ front of a dedicated valkey: what is tested is the clients' TLS configuration, e
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from dataclasses import replace
-from datetime import datetime, timezone
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from conftest import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, run_cli
+from conftest import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, make_pki, run_cli
 from features import online
 from features import store as fs
 from monitoring import health
@@ -27,33 +21,10 @@ from monitoring import health
 pytestmark = pytest.mark.integration
 
 
-def _certificate(name: str, issuer_key, issuer_name, key, ca: bool = False):
-    now = datetime.now(timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A CA, and two server certificates it signed: for localhost, and for another host name."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("test CA", ca_key, None, ca_key, ca=True)
-    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for host in ("localhost", "redis.elsewhere.example"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _certificate(host, ca_key, ca.subject, key)
-        (folder / f"{host}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{host}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                               serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
-    return folder
+    return make_pki(tmp_path_factory.mktemp("pki"), ["localhost", "redis.elsewhere.example"])
 
 
 def _tls_endpoint(port: int, cert, key) -> Proxy:
