@@ -73,6 +73,7 @@ class Outcome:
     warnings: list[Failure]
     report_path: str | None = None
     report_uri: str | None = None
+    checked: int = 0  # expectations of the suite evaluated
     quarantine_uri: str | None = None
     seconds: float = 0.0
 
@@ -207,37 +208,60 @@ def _columns_of(expectation: dict) -> list[str]:
     return [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
 
 
-def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: Path | None):
-    """Validate ``frame``; return (failures, warnings, local report path)."""
+# Great Expectations objects, built once per process and reused by every batch it validates: a
+# backfill validates dozens of exports, and building a context and its suites each time cost more
+# than validating.
+_GX: dict = {}
+
+
+def _checkpoint(suite_name: str, present: frozenset, docs_dir: Path | None):
+    """(context, checkpoint) validating ``suite_name``'s expectations on the columns ``present``."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    spec = load_suite(suite_name)
-    present = set(frame.columns)
-    # Expectations on a missing column would only raise; the column-set expectation reports it.
-    spec["expectations"] = [e for e in spec["expectations"] if set(_columns_of(e)) <= present]
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    actions = []
+    if "context" not in _GX:
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        _GX.update(context=context, sites={}, checkpoints={})
+    context = _GX["context"]
+    site = None
     if docs_dir is not None:
-        docs_dir.mkdir(parents=True, exist_ok=True)
-        context.add_data_docs_site(site_name="pipeline", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        })
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["pipeline"]))
-    suite = context.suites.add(gx.ExpectationSuite(**spec))
-    batch = context.data_sources.add_pandas("batch").add_dataframe_asset("frame").add_batch_definition_whole_dataframe("all")
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-    checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name=f"{suite_name}_gate", validation_definitions=[definition], actions=actions,
-        # No cell values in results or Data Docs: they are kept on S3 next to the data, beyond raw/.
-        result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0},
-    ))
+        site = _GX["sites"].get(docs_dir)
+        if site is None:
+            docs_dir.mkdir(parents=True, exist_ok=True)
+            site = _GX["sites"][docs_dir] = f"site{len(_GX['sites'])}"
+            context.add_data_docs_site(site_name=site, site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+    key = (suite_name, present)
+    if key not in _GX["checkpoints"]:
+        spec = load_suite(suite_name)
+        # Expectations on a missing column would only raise; the column-set expectation reports it.
+        spec["expectations"] = [e for e in spec["expectations"] if set(_columns_of(e)) <= present]
+        # A suite's name is unique in a context: a batch with other columns gets a variant of it.
+        seen = any(name == suite_name for name, _ in _GX["checkpoints"])
+        variant = f"{suite_name}_{len(_GX['checkpoints'])}" if seen else suite_name
+        suite = context.suites.add(gx.ExpectationSuite(**{**spec, "name": variant}))
+        batch = (context.data_sources.add_pandas(f"batch_{len(_GX['checkpoints'])}").add_dataframe_asset("frame")
+                 .add_batch_definition_whole_dataframe("all"))
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=variant, data=batch, suite=suite))
+        _GX["checkpoints"][key] = context.checkpoints.add(gx.Checkpoint(
+            name=f"{variant}_gate", validation_definitions=[definition], actions=[],
+            # No cell values in results or Data Docs: they are kept on S3 next to the data, beyond raw/.
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 0},
+        ))
+    return context, _GX["checkpoints"][key], site
+
+
+def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: Path | None):
+    """Validate ``frame``; return (failures, warnings, Data Docs page of a failing batch, expectations checked)."""
+    context, checkpoint, site = _checkpoint(suite_name, frozenset(frame.columns), docs_dir)
     result = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
-    failures, warnings = [], []
+    failures, warnings, checked = [], [], 0
     for run_result in result.run_results.values():
+        checked += len(run_result.results)
         for r in run_result.results:
             if r.success:
                 continue
@@ -260,10 +284,17 @@ def run_suite(suite_name: str, frame: pd.DataFrame, parameters: dict, docs_dir: 
             failure = Failure(config.type, column, severity, details.get("unexpected_count"), [], detail.strip("; "))
             (failures if severity == "critical" else warnings).append(failure)
     report = None
-    if docs_dir is not None:
-        pages = sorted(docs_dir.glob(f"validations/{suite_name}/**/*.html"), key=lambda p: p.stat().st_mtime)
-        report = str(pages[-1]) if pages else str(docs_dir / "index.html")
-    return failures, warnings, report
+    if site is not None and failures:
+        # Data Docs take longer to render than the validation itself: they are built for a batch
+        # that fails, where someone reads every expectation; every batch gets the report page.
+        from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
+
+        for identifier, run_result in result.run_results.items():
+            context.build_data_docs(site_names=[site], build_index=True, resource_identifiers=[
+                identifier, ExpectationSuiteIdentifier(name=run_result.suite_name)])
+            urls = context.get_docs_sites_urls(resource_identifier=identifier, site_names=[site])
+            report = next((u["site_url"].removeprefix("file://") for u in urls if u.get("site_url")), None)
+    return failures, warnings, report, checked
 
 
 # --- the gate ---------------------------------------------------------------------------------
@@ -347,15 +378,16 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
     parameters = {**row_count_bounds(previous_rows, row_tolerance), "now": pd.Timestamp(datetime.now(timezone.utc))}
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     docs_dir = settings.local_dir / "reports" / "data_docs"
-    failures, warnings, report = [], [], None
+    failures, warnings, report, checked = [], [], None, 0
     if frame is not None:
-        failures, warnings, report = run_suite(suite_name, frame, parameters, docs_dir)
+        failures, warnings, report, checked = run_suite(suite_name, frame, parameters, docs_dir)
     # A cell that failed to parse is also null; the type failure already says so, with the value.
     typed = {(f.column, f.unexpected_count) for f in pre_failures if f.rule.startswith("type:")}
     failures = [f for f in failures
                 if not (f.rule == "expect_column_values_to_not_be_null" and (f.column, f.unexpected_count) in typed)]
     outcome = Outcome(suite_name, source, as_of.isoformat() if as_of else None,
-                      None if frame is None else len(frame), pre_failures + failures, pre_warnings + warnings, report)
+                      None if frame is None else len(frame), pre_failures + failures, pre_warnings + warnings,
+                      checked=checked)
     client = s3.client(settings) if (publish_report or quarantine) else None
     partition = f"extraction_date={as_of.isoformat() if as_of else 'unknown'}"
     reports = f"validation-reports/{suite_name}/{partition}/{run_id}"

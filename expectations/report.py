@@ -4,7 +4,7 @@ Great Expectations' Data Docs load their styles and scripts from public CDNs; of
 a proxy that blocks them, they render as unstyled text. This page has its styles inline and no
 scripts, so it reads the same from S3, a laptop or an air-gapped cluster. It says what the alert
 and the log say (rules, columns, row counts: never the values of a row) and links to the full
-Data Docs page beside it.
+Data Docs page beside it (built for failing batches, where someone reads every expectation).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def render(outcome, data_docs: str | None = None) -> str:
     title = f"{outcome.suite}: {'passed' if outcome.passed else f'FAILED, {len(outcome.failures)} rule(s) broken'}"
     facts = {"batch": outcome.source, "extraction date": outcome.as_of or "unknown",
              "rows": "unreadable" if outcome.rows is None else f"{outcome.rows:,}",
-             "rules broken": str(len(outcome.failures)), "warnings": str(len(outcome.warnings))}
+             "expectations checked": str(outcome.checked), "rules broken": str(len(outcome.failures)),
+             "warnings": str(len(outcome.warnings))}
     if outcome.quarantine_uri:
         facts["quarantined at"] = outcome.quarantine_uri
     findings = _rows(outcome.failures, "failed") + _rows(outcome.warnings, "warning")
