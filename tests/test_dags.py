@@ -192,7 +192,8 @@ def nightly_env(stack, airflow_home, exports, tmp_path_factory):
 
 
 @pytest.mark.integration
-def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook):
+def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook, monkeypatch):
+    monkeypatch.setenv("FP_ALERT_WEBHOOK_URL", webhook.url)  # so that "no alert" can fail
     run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(nightly_env),
                                                                        "apply_definitions": "auto"})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)

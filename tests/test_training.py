@@ -115,7 +115,9 @@ def trained(stack, exports, tmp_path_factory):
 
 def test_train_store_and_promote(trained):
     settings, store, result = trained
-    assert result.metrics["test_rows"] > 0 and 0 <= result.metrics["roc_auc"] <= 1
+    assert result.metrics["test_rows"] > 0
+    assert result.promoted == (result.metrics["roc_auc"] >= model.MIN_ROC_AUC)
+    assert (model.latest_version(settings) == result.version) == result.promoted
     _, prefix = s3.parse_uri(result.uri)
     keys = {k.rsplit("/", 1)[-1] for k in s3.list_keys(settings, prefix)}
     assert {"model.joblib", "metadata.json", "features.json", "entity_df.parquet", "roc_curve.png", "model_card.md"} <= keys
@@ -124,8 +126,19 @@ def test_train_store_and_promote(trained):
     meta = json.loads(s3.get_bytes(settings, prefix + "metadata.json"))
     assert meta["feature_refs"] == [f"employee_features:{n}" for n in spec.FEATURE_NAMES]
     assert len(meta["entity_df_sha256"]) == 64 and meta["libraries"]["feast"] == "0.67.0"
-    if result.promoted:
-        assert model.load_latest(settings).version == result.version
+
+
+def test_only_a_model_reaching_the_minimum_roc_auc_is_promoted(trained, monkeypatch):
+    settings, store, _ = trained
+    assert model.MIN_ROC_AUC == 0.60, "the gate the README and the model card state"
+    monkeypatch.setattr(model, "MIN_ROC_AUC", 1.01)  # unreachable: the pointer must not move
+    before = model.latest_version(settings)
+    refused = model.train(store, settings, horizon=2)
+    assert not refused.promoted and model.latest_version(settings) == before != refused.version
+    assert "NOT promoted (ROC AUC below 1.01)" in refused.summary()
+    monkeypatch.setattr(model, "MIN_ROC_AUC", 0.0)
+    accepted = model.train(store, settings, horizon=2)
+    assert accepted.promoted and model.load_latest(settings).version == accepted.version
 
 
 def test_labels_see_the_same_number_of_later_extractions(trained):
