@@ -123,6 +123,11 @@ class Settings:
         return host in {"127.0.0.1", "localhost", "::1"}
 
     @property
+    def registry_location(self) -> str:
+        """The registry URL without credentials or query (for messages)."""
+        return _mask("registry_url", self.registry_url)
+
+    @property
     def redis_location(self) -> str:
         """host:port/db of the online store, without credentials (for messages)."""
         url = urlparse(self.redis_url)

@@ -17,11 +17,13 @@ import sys
 from datetime import date, datetime, timezone
 
 import redis
+import sqlalchemy
 
 from core import log as logsetup
 from core import settings as settings_mod
 from core.s3 import StorageError
 from features import online
+from features.store import registry_error
 from features import store as fs
 
 
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except sqlalchemy.exc.OperationalError as exc:
+        print(f"error: the feature registry at {settings.registry_location} failed: {registry_error(exc)}. "
+              "Nothing was changed; re-run once it answers (check FP_REGISTRY_URL and its TLS settings).",
+              file=sys.stderr)
         return 3
 
 

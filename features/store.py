@@ -143,6 +143,12 @@ def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False
     return names
 
 
+def registry_error(exc: Exception) -> str:
+    """The database's own first line for a failed registry call (the driver's, not SQLAlchemy's wrapper)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return reason[0][:300] if reason else type(exc).__name__
+
+
 def _online_client(store: FeatureStore):
     return store._get_provider().online_store._get_client(store.config.online_store)
 

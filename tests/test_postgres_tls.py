@@ -80,7 +80,9 @@ def test_the_registry_works_over_verified_tls(stack, tmp_path, tls_postgres):
     # The URL's TLS parameters are what the registry client uses: the same URL with another CA fails.
     wrong = replace(settings, registry_url=_url(port, sslmode="verify-full", sslrootcert=str(other)))
     proc = run_cli("features", "apply", env=cli_env(wrong))
-    assert proc.returncode != 0 and "SSL error" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: the feature registry at postgresql+psycopg://***@localhost:{port}/postgres?***")
+    assert "SSL error" in proc.stderr and str(other) not in proc.stderr
 
 
 @pytest.mark.parametrize("case, query, host, error", [

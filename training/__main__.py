@@ -17,6 +17,7 @@ import json
 import sys
 
 import redis
+import sqlalchemy
 
 from core import log as logsetup
 from core import settings as settings_mod
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logsetup.setup()
     settings = settings_mod.load()
-    store = fs.open_store(settings)
     try:
+        store = fs.open_store(settings)
         if args.command == "train":
             result = model.train(store, settings, horizon=args.horizon_extractions, recompute=args.recompute_history)
             print(result.summary())
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (StorageError, redis.RedisError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    except sqlalchemy.exc.OperationalError as exc:
+        print(f"error: the feature registry at {settings.registry_location} failed: {fs.registry_error(exc)}",
+              file=sys.stderr)
         return 3
 
 
