@@ -15,32 +15,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag
+from airflow.sdk import Param, dag
 
 from core import settings as settings_mod
-from orchestration import alerts
+from orchestration.dag_defaults import default_args, features_asset
 from orchestration.worker import Resources, worker_task
 
 SETTINGS = settings_mod.load()
-FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, group="feature-store")
 
 
 @dag(
     dag_id="attrition_training",
-    schedule=[FEATURES_ASSET],
+    schedule=[features_asset(SETTINGS)],
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["training", "model"],
-    default_args={
-        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
-        "execution_timeout": timedelta(hours=2),
-        "owner": "people-analytics-platform",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": alerts.AlertNotifier(),
-    },
+    default_args=default_args(timeout=timedelta(hours=2), retries=1, retry_delay=timedelta(minutes=5)),
     params={
         "horizon_extractions": Param(6, type="integer", minimum=1, maximum=24, title="Label horizon (extractions)",
                                      description="An employee counts as leaving if they leave within this many "

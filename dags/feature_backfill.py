@@ -25,7 +25,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from core import settings as settings_mod
-from orchestration import alerts
+from orchestration.dag_defaults import default_args
 from orchestration.worker import worker_task
 
 DEFAULT_INBOX = settings_mod.raw("FP_INBOX")
@@ -39,15 +39,7 @@ DEFAULT_INBOX = settings_mod.raw("FP_INBOX")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["features", "hr", "backfill"],
-    default_args={
-        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
-        "execution_timeout": timedelta(hours=2),
-        "owner": "people-analytics-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "on_failure_callback": alerts.AlertNotifier(),
-    },
+    default_args=default_args(timeout=timedelta(hours=2), retries=2, retry_delay=timedelta(minutes=1)),
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="First extraction date",
                             description="First extraction date of the window (inclusive); empty: the inbox's "

@@ -34,7 +34,6 @@ from datetime import datetime, timedelta
 
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk import (
-    Asset,
     AsyncCallback,
     DeadlineAlert,
     DeadlineReference,
@@ -46,10 +45,11 @@ from airflow.sdk import (
 
 from core import settings as settings_mod
 from orchestration import alerts
+from orchestration.dag_defaults import default_args, features_asset
 from orchestration.worker import worker_task
 
 SETTINGS = settings_mod.load()
-FEATURES_ASSET = Asset(name="employee_features", uri=SETTINGS.features_uri, group="feature-store")
+FEATURES_ASSET = features_asset(SETTINGS)
 DEADLINE_HOURS = float(settings_mod.raw("FP_PIPELINE_DEADLINE_HOURS"))
 DEFAULT_INBOX = settings_mod.raw("FP_INBOX")
 
@@ -68,16 +68,8 @@ def _fail_without_retry(message: str):
     doc_md=__doc__,
     tags=["features", "hr", "nightly"],
     owner_links={"people-analytics-platform": "https://github.com/hr-feature-platform"},
-    default_args={
-        # A hung dependency (S3, Redis, the registry) fails the task instead of holding the run forever.
-        "execution_timeout": timedelta(hours=1),
-        "owner": "people-analytics-platform",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-        "on_failure_callback": alerts.AlertNotifier(),
-    },
+    default_args=default_args(timeout=timedelta(hours=1), retries=3, retry_delay=timedelta(minutes=2),
+                              max_retry_delay=timedelta(minutes=30)),
     deadline=DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=DEADLINE_HOURS),
