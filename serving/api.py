@@ -140,8 +140,11 @@ class Predictor:
             raise ServingError(f"not ready: {self.problem}", "no_model" if self.loaded is None else "unavailable")
         if self.refusal is not None:
             raise self.refusal
+        # The roster before the values: values read after it are at least as new as its extraction
+        # (materialization commits the roster last), never older, whenever a refresh lands.
+        roster = self.roster_cache.roster
         columns = await self.fetch(employee_ids)
-        vectors = online.assemble(columns, self.names, self.roster_cache.roster, FEATURE_TTL)
+        vectors = online.assemble(columns, self.names, roster, FEATURE_TTL)
         ordered = [vectors[i] for i in employee_ids]
         probabilities = model_mod.probabilities(self.loaded, ordered)
         row_of = {employee: row for row, employee in enumerate(columns.employee_ids)}

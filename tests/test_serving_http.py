@@ -349,10 +349,13 @@ def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, export
     http = httpx.Client(base_url=server.url)
 
     def read():
+        # As the API does: the served roster first, then the values, which are then at least as new
+        # as the roster's extraction (materialization commits the roster after writing every value).
+        current = roster.refresh()
         body = http.post("/get-online-features", json={"feature_service": "attrition_model_v1",
                                                        "entities": {"employee_id": both}})
         body.raise_for_status()
-        online.assemble(online.parse_response(body.json()), list(spec.FEATURE_NAMES), roster.refresh(),
+        online.assemble(online.parse_response(body.json()), list(spec.FEATURE_NAMES), current,
                         timedelta(days=45), night)
 
     def correction():
