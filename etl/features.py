@@ -16,6 +16,7 @@ service ``attrition_model_v1`` declares exactly this list), and the Feast schema
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,9 +104,15 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FINGERPRINTS_KEY = b"feature_fingerprints"
 
 
+@functools.cache
+def _fingerprints() -> tuple[tuple[str, str], ...]:
+    return tuple((f.name, f.fingerprint) for f in FEATURES)
+
+
 def fingerprints() -> dict[str, str]:
-    """{feature: fingerprint} of the code in this checkout."""
-    return {f.name: f.fingerprint for f in FEATURES}
+    """{feature: fingerprint} of the code in this checkout (hashed once per process: the code of a
+    running process does not change, and every computed partition records them)."""
+    return dict(_fingerprints())
 
 
 ENTITY_KEY = "employee_id"

@@ -2,8 +2,9 @@
 
     keep_raw -> validate raw -> stage_features -> validate features -> publish
 
-Each step is a function of its own (the Airflow DAG runs them as separate tasks); ``ingest`` runs
-them in order, which is what ``python -m etl ingest`` does. Key layout: ``etl.layout``.
+Each step is a function of its own; ``ingest`` runs them in order, and it is the one sequence:
+the nightly and backfill DAGs and ``python -m etl ingest`` all call it (``recompute`` runs it again
+for a published partition, from its kept raw export). Key layout: ``etl.layout``.
 
 A partition is one object: it is staged under ``staging/`` and published with a server-side copy,
 so readers see the previous version or the new one, never a half-written file, and re-running a
@@ -134,13 +135,6 @@ def publish(settings: Settings, as_of: date, staged_uri: str, client=None) -> st
                 Config=s3.TRANSFER)
     client.delete_object(Bucket=settings.s3_bucket, Key=staged)
     return f"s3://{settings.s3_bucket}/{key}"
-
-
-def publish_exclusively(settings: Settings, as_of: date, staged_uri: str) -> str:
-    """``publish`` under the date's lease, for a pipeline whose steps run in separate processes: it
-    waits for no one and raises lease.Busy while an ingest of the same date is running."""
-    with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"publish of {as_of}"):
-        return publish(settings, as_of, staged_uri)
 
 
 def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,

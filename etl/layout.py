@@ -83,6 +83,11 @@ def read_partition(settings: Settings, as_of: date, columns: list[str] | None = 
     return pq.read_table(io.BytesIO(s3.get_bytes(settings, partition_key(settings, as_of))), columns=columns)
 
 
+def recorded_fingerprints(schema: pa.Schema) -> dict[str, str]:
+    """{feature: fingerprint} a partition's schema records ({} for one written before they were)."""
+    return json.loads((schema.metadata or {}).get(FINGERPRINTS_KEY, b"{}"))
+
+
 def partition_fingerprints(settings: Settings) -> dict[date, dict[str, str]]:
     """{extraction date: {feature: fingerprint}} of every published partition, from the Parquet
     footers ({} for a partition written before fingerprints were recorded)."""
@@ -97,8 +102,7 @@ def partition_fingerprints(settings: Settings) -> dict[date, dict[str, str]]:
         part = fragment.path.rsplit("/", 2)[-2]
         if not part.startswith("extraction_date=") or not fragment.path.endswith(PARTITION_FILE):
             continue
-        metadata = fragment.physical_schema.metadata or {}
-        found[date.fromisoformat(part.split("=", 1)[1])] = json.loads(metadata.get(FINGERPRINTS_KEY, b"{}"))
+        found[date.fromisoformat(part.split("=", 1)[1])] = recorded_fingerprints(fragment.physical_schema)
     return dict(sorted(found.items()))
 
 

@@ -122,8 +122,8 @@ def newest_extraction(settings: Settings, up_to: datetime | None = None) -> date
 def _active(settings: Settings, extraction: date) -> tuple[np.ndarray, dict]:
     """The sorted ids of the employees active in one extraction and its fingerprints (one partition read)."""
     table = layout.read_partition(settings, extraction, columns=[spec.ENTITY_KEY, spec.ACTIVE])
-    fingerprints = json.loads((table.schema.metadata or {}).get(spec.FINGERPRINTS_KEY, b"{}"))
-    return np.unique(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy()), fingerprints
+    active = np.unique(table.filter(table[spec.ACTIVE])[spec.ENTITY_KEY].to_numpy())
+    return active, layout.recorded_fingerprints(table.schema)
 
 
 def active_ids(settings: Settings, extraction: date) -> np.ndarray:
@@ -176,12 +176,14 @@ def _served_state(settings: Settings) -> dict | None:
 
 def served_extraction(settings: Settings) -> date | None:
     """The extraction the online store serves; before any commit, the newest published one."""
-    state = _served_state(settings)
+    return _served_extraction(settings, _served_state(settings))
+
+
+def _served_extraction(settings: Settings, state: dict | None) -> date | None:
     return date.fromisoformat(state["extraction"]) if state else newest_extraction(settings)
 
 
-def _served(settings: Settings, state: dict | None) -> Roster | None:
-    extraction = date.fromisoformat(state["extraction"]) if state else newest_extraction(settings)
+def _served(settings: Settings, state: dict | None, extraction: date | None) -> Roster | None:
     roster = read_roster(settings, extraction) if extraction else None
     if roster is not None and state and "fingerprints" in state:
         # What Redis holds was computed by the code recorded at materialization, even if the
@@ -191,18 +193,18 @@ def _served(settings: Settings, state: dict | None) -> Roster | None:
 
 
 def served_roster(settings: Settings) -> Roster | None:
-    return _served(settings, _served_state(settings))
+    state = _served_state(settings)
+    return _served(settings, state, _served_extraction(settings, state))
 
 
 def check_fingerprints(model_version: str, model_fingerprints: dict, roster: Roster) -> None:
     """Refuse a model trained on values computed by other code than the values served now.
 
     ``model_fingerprints`` is {ref: fingerprint} as training recorded it; the roster's are by name."""
-    differ = [ref for ref in sorted(model_fingerprints)
-              if roster.fingerprints.get(names_of([ref])[0], "unrecorded") != model_fingerprints[ref]]
+    served = {ref: roster.fingerprints.get(names_of([ref])[0], "unrecorded") for ref in sorted(model_fingerprints)}
+    differ = [ref for ref, value in served.items() if value != model_fingerprints[ref]]
     if differ:
-        detail = ", ".join(f"{ref} (model {model_fingerprints[ref]}, served "
-                           f"{roster.fingerprints.get(names_of([ref])[0], 'unrecorded')})" for ref in differ)
+        detail = ", ".join(f"{ref} (model {model_fingerprints[ref]}, served {served[ref]})" for ref in differ)
         raise ServingError(f"model {model_version} was trained on features computed by other code than the served "
                            f"extraction of {roster.extraction}: {detail}; train and promote a model on the current "
                            "features (python -m training train)", "mismatch")
@@ -219,11 +221,12 @@ class RosterCache:
 
     def refresh(self) -> Roster | None:
         state = _served_state(self.settings)
-        version = (state or {}).get("committed_at") or served_extraction(self.settings)
+        extraction = _served_extraction(self.settings, state)
+        version = state["committed_at"] if state else extraction  # a new commit, or before any: a newer partition
         if version is None:
             self.roster = None
         elif self.roster is None or self._version != version:
-            self.roster, self._version = _served(self.settings, state), version
+            self.roster, self._version = _served(self.settings, state, extraction), version
             log.info("serving the extraction of %s: %d active employees", self.roster.extraction,
                      len(self.roster.active))
         return self.roster

@@ -130,7 +130,7 @@ def test_a_changed_transformation_is_accepted_with_a_new_service_version(history
     view.tags = {**view.tags, **fingerprint_tags({**spec.fingerprints(), "tenure": "0123456789abcdef"})}
     current_model = check.load_model_features(settings, check.latest_model_location(settings))
     breaks = check.compare(store, [entity, source, view, service], current_model)
-    assert [str(b).split(":")[0] + ":" + str(b).split(":")[1] for b in breaks] == ["feature employee_features:tenure"]
+    assert [b.what for b in breaks] == ["feature employee_features:tenure"]
     from feast import FeatureService
 
     v2 = FeatureService(name="attrition_model_v2", features=[view[list(spec.FEATURE_NAMES)]])
