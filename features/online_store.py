@@ -12,6 +12,16 @@ Here a row is written when its event time is at or after the stored one: a corre
 the served hash in one HSET (readers see the old or the new vector, never a gap), while a row
 older than what Redis holds is still skipped, so a backfill never puts older values over newer.
 
+Rows are written by one rule on every path (``_write``). On a standalone or Sentinel-managed Redis
+the compare-and-set runs in a Lua script, ``WRITE_NEWER``, a few hundred entities per call: the
+stored event time is read, compared and the hash replaced in one step, with no second round trip
+and no window in which another writer could slip between the read and the write. A Redis Cluster
+(whose scripts cannot span hash slots) takes the same rule in two pipelined passes.
+
+Materialization hands whole Arrow batches to ``online_write_arrow`` (features/engine.py): every
+key, value and timestamp is serialized by Feast's own functions, once per distinct value of a
+column instead of once per row, so the bytes are Feast's and the per-row Python work is a lookup.
+
 Every Redis call also has a deadline. redis-py's defaults wait without limit for a reply and retry a
 refused connection three times with backoff (5.5 s measured): a stopped or unreachable Redis then
 hangs a feature-server request or a materialization. Here the feature server's reads (the async
@@ -21,9 +31,15 @@ sync client) within ``timeout_seconds``, so the inference API answers 503 instea
 
 from __future__ import annotations
 
+import logging
+import struct
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Literal
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import redis
 import redis.asyncio as aioredis
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -31,11 +47,158 @@ from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreCo
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
-from feast.utils import make_tzaware
+from feast.type_map import python_values_to_proto_values
+from feast.utils import _coerce_datetime, make_tzaware
+from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.backoff import ExponentialBackoff
 
+log = logging.getLogger(__name__)
+
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
+
+# Entities per script call: each call holds Redis for well under a millisecond (about 0.9 ms per
+# 250 entities measured on 2 cores), so feature-server reads interleave with a materialization.
+SCRIPT_BATCH = 250
+
+# KEYS: the entities' Redis keys. ARGV: ts field, TTL seconds (0: none), feature count n, the n
+# field names, then per entity: event time seconds, nanos, serialized Timestamp, n values.
+# A row is written when its event time is at or after the stored one (see the module docstring).
+WRITE_NEWER = """
+local ts_field, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- The stored google.protobuf.Timestamp: field 1 seconds, field 2 nanos, both varints.
+local function stored_time(raw)
+  local seconds, nanos, i = 0, 0, 1
+  while i <= #raw do
+    local tag = string.byte(raw, i)
+    i = i + 1
+    local value, scale, width = 0, 1, 0
+    repeat
+      local byte = string.byte(raw, i)
+      i = i + 1
+      width = width + 1
+      value = value + (byte % 128) * scale
+      scale = scale * 128
+    until byte < 128
+    if width == 10 then value = value - 18446744073709551616 end  -- a negative int64
+    if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
+  end
+  return seconds, nanos
+end
+local written, per = 0, 3 + n
+for k = 1, #KEYS do
+  local at = 3 + n + (k - 1) * per
+  local seconds, nanos = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  local write = true
+  local raw = redis.call('HGET', KEYS[k], ts_field)
+  if raw then
+    local s, ns = stored_time(raw)
+    write = seconds > s or (seconds == s and nanos >= ns)
+  end
+  if write then
+    local args = {ts_field, ARGV[at + 3]}
+    for f = 1, n do
+      args[#args + 1] = ARGV[3 + f]
+      args[#args + 1] = ARGV[at + 3 + f]
+    end
+    redis.call('HSET', KEYS[k], unpack(args))
+    if ttl > 0 then redis.call('EXPIRE', KEYS[k], ttl) end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+@dataclass
+class Writes:
+    """Rows ready for Redis: per row its key, event time and serialized values (one list per field)."""
+
+    keys: list[bytes]
+    seconds: list[int]
+    nanos: list[int]
+    stamps: list[bytes]
+    fields: list[bytes]
+    values: list[list[bytes]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _serialized_stamp(event_time: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(make_tzaware(event_time))
+    return stamp
+
+
+def _by_distinct_value(values: np.ndarray, convert: Callable[[np.ndarray], list]) -> list:
+    """``convert`` applied to the distinct values only, spread back to every row."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    converted = np.empty(len(distinct), dtype=object)
+    converted[:] = convert(distinct)
+    return converted[codes].tolist()
+
+
+def _key_template(project: str, join_key: str, version: int) -> tuple[bytes, bytes] | None:
+    """Feast's key of one INT64 entity as prefix + 8 little-endian bytes + suffix, read off a probe
+    serialized by Feast itself; None when its layout is not that (the per-row path is taken)."""
+    probe = 0x0102030405060708
+    key = _redis_key(project, EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(int64_val=probe)]),
+                     entity_key_serialization_version=version)
+    packed = struct.pack("<q", probe)
+    if key.count(packed) != 1:
+        return None
+    prefix, _, suffix = key.partition(packed)
+    return prefix, suffix
+
+
+def _arrow_keys(config: RepoConfig, join_keys: dict[str, ValueType], batch: pa.RecordBatch) -> list[bytes]:
+    names = list(join_keys)
+    if len(names) == 1 and join_keys[names[0]] == ValueType.INT64:
+        column = batch.column(names[0])
+        template = _key_template(config.project, names[0], config.entity_key_serialization_version)
+        if template is not None and column.null_count == 0 and pa.types.is_integer(column.type):
+            prefix, suffix = template
+            raw = column.to_numpy(zero_copy_only=False).astype("<i8").tobytes()
+            return [prefix + raw[at:at + 8] + suffix for at in range(0, len(raw), 8)]
+    values = {k: python_values_to_proto_values(batch.column(k).to_numpy(zero_copy_only=False), t)
+              for k, t in join_keys.items()}
+    return [_redis_key(config.project, EntityKeyProto(join_keys=names, entity_values=[values[k][i] for k in names]),
+                       entity_key_serialization_version=config.entity_key_serialization_version)
+            for i in range(batch.num_rows)]
+
+
+def arrow_writes(config: RepoConfig, view, batch: pa.RecordBatch) -> Writes:
+    """An Arrow batch as Feast's ``_convert_arrow_to_proto`` and ``online_write_batch`` would write it:
+    the same keys, field names and serialized values and timestamps, computed per distinct value."""
+    join_keys = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
+    name = _versioned_fv_name(view, config)
+    values = []
+    for field in view.features:
+        value_type = field.dtype.to_value_type()
+        values.append(_by_distinct_value(
+            batch.column(field.name).to_numpy(zero_copy_only=False),
+            lambda distinct, t=value_type: [v.SerializeToString() for v in python_values_to_proto_values(distinct, t)]))
+    # As Feast: pandas datetimes, coerced to Python datetimes, made timezone-aware, then Timestamp.
+    times = batch.column(view.batch_source.timestamp_field).to_numpy(zero_copy_only=False)
+    stamps = _by_distinct_value(times, lambda distinct: [_serialized_stamp(_coerce_datetime(t))
+                                                         for t in pd.to_datetime(distinct)])
+    return Writes(keys=_arrow_keys(config, join_keys, batch), seconds=[s.seconds for s in stamps],
+                  nanos=[s.nanos for s in stamps], stamps=[s.SerializeToString() for s in stamps],
+                  fields=[_mmh3(f"{name}:{field.name}") for field in view.features], values=values)
+
+
+def row_writes(config: RepoConfig, view, data: list[Row]) -> Writes:
+    """Feast's rows (entity key, values, event time), serialized as Feast's own Redis store does."""
+    name = _versioned_fv_name(view, config)
+    features = list(data[0][1]) if data else []
+    stamps = [_serialized_stamp(event_time) for _, _, event_time, _ in data]
+    return Writes(
+        keys=[_redis_key(config.project, key, entity_key_serialization_version=config.entity_key_serialization_version)
+              for key, _, _, _ in data],
+        seconds=[s.seconds for s in stamps], nanos=[s.nanos for s in stamps],
+        stamps=[s.SerializeToString() for s in stamps], fields=[_mmh3(f"{name}:{f}") for f in features],
+        values=[[values[f].SerializeToString() for _, values, _, _ in data] for f in features])
 
 
 class PlatformRedisOnlineStoreConfig(RedisOnlineStoreConfig):
@@ -51,6 +214,8 @@ def _nanos(stamp: Timestamp) -> int:
 
 
 class PlatformRedisOnlineStore(RedisOnlineStore):
+    _script = None
+
     def _standalone_kwargs(self, store_config, timeout: float) -> dict:
         nodes, kwargs = self._parse_connection_string(store_config.connection_string)
         return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs,
@@ -72,41 +237,65 @@ class PlatformRedisOnlineStore(RedisOnlineStore):
 
     def online_write_batch(self, config: RepoConfig, table, data: list[Row],
                            progress: Callable[[int], Any] | None) -> None:
+        self._write(config, table, row_writes(config, table, data))
+        if progress:
+            progress(len(data))
+
+    def online_write_arrow(self, config: RepoConfig, table, batch: pa.RecordBatch) -> int:
+        """Write an Arrow batch of ``table``'s rows; returns how many entities were written."""
+        return self._write(config, table, arrow_writes(config, table, batch))
+
+    def _write(self, config: RepoConfig, table, writes: Writes) -> int:
         store_config = config.online_store
         client = self._get_client(store_config)
-        view = _versioned_fv_name(table, config)
-        ts_field = f"_ts:{view}"
-        keys = [_redis_key(config.project, entity_key,
-                           entity_key_serialization_version=config.entity_key_serialization_version)
-                for entity_key, _, _, _ in data]
+        ts_field = f"_ts:{_versioned_fv_name(table, config)}".encode()
+        if store_config.redis_type == RedisType.redis_cluster:
+            written = self._write_in_two_passes(client, store_config, ts_field, writes)
+        else:
+            written = self._write_by_script(client, store_config, ts_field, writes)
+        log.debug("%s: %d of %d rows written, %d older than the served values", table.name, written, len(writes),
+                  len(writes) - written)
+        return written
+
+    def _write_by_script(self, client, store_config, ts_field: bytes, writes: Writes) -> int:
+        if self._script is None or self._script.registered_client is not client:
+            self._script = client.register_script(WRITE_NEWER)
+        head = [ts_field, store_config.key_ttl_seconds or 0, len(writes.fields), *writes.fields]
+        rows = list(zip(writes.seconds, writes.nanos, writes.stamps, *writes.values))
         with client.pipeline(transaction=False) as pipe:
-            for key in keys:
+            for begin in range(0, len(rows), SCRIPT_BATCH):
+                argv = list(head)
+                for row in rows[begin:begin + SCRIPT_BATCH]:
+                    argv.extend(row)
+                self._script(keys=writes.keys[begin:begin + SCRIPT_BATCH], args=argv, client=pipe)
+            return sum(pipe.execute())
+
+    @staticmethod
+    def _write_in_two_passes(client, store_config, ts_field: bytes, writes: Writes) -> int:
+        with client.pipeline(transaction=False) as pipe:
+            for key in writes.keys:
                 pipe.hget(key, ts_field)
             stored = pipe.execute()
-
-        # Within a batch the newest row of an entity wins; ties keep the later row (rows come
-        # ordered by created timestamp, so that is the corrected one).
-        newest: dict[bytes, tuple[int, int]] = {}
-        for index, (key, raw, (_, _, event_time, _)) in enumerate(zip(keys, stored, data)):
-            stamp = Timestamp()
-            stamp.FromDatetime(make_tzaware(event_time))
-            nanos = _nanos(stamp)
-            if raw and nanos < _nanos(Timestamp.FromString(raw)):
-                continue  # older than what is served: a backfill never overwrites newer values
-            if key not in newest or nanos >= newest[key][0]:
-                newest[key] = (nanos, index)
-
+        # The script's rule, row by row in batch order: a row is written when it is not older than
+        # what its entity holds by then (stored, or an earlier row of this batch); the last one wins.
+        latest: dict[bytes, int] = {}
+        newest: dict[bytes, int] = {}
+        written = 0
+        for index, (key, raw) in enumerate(zip(writes.keys, stored)):
+            nanos = writes.seconds[index] * 1_000_000_000 + writes.nanos[index]
+            if key not in latest:
+                latest[key] = _nanos(Timestamp.FromString(raw)) if raw else -1
+            if nanos < latest[key]:
+                continue
+            latest[key] = nanos
+            newest[key] = index
+            written += 1
         with client.pipeline(transaction=False) as pipe:
-            for key, (_, index) in newest.items():
-                _, values, event_time, _ = data[index]
-                stamp = Timestamp()
-                stamp.FromDatetime(make_tzaware(event_time))
-                mapping: dict[Any, bytes] = {ts_field: stamp.SerializeToString()}
-                for name, value in values.items():
-                    mapping[_mmh3(f"{view}:{name}")] = value.SerializeToString()
+            for key, index in newest.items():
+                mapping = {ts_field: writes.stamps[index]}
+                mapping.update(zip(writes.fields, (column[index] for column in writes.values)))
                 pipe.hset(key, mapping=mapping)
                 if store_config.key_ttl_seconds:
                     pipe.expire(name=key, time=store_config.key_ttl_seconds)
             pipe.execute()
-        if progress:
-            progress(len(data))
+        return written

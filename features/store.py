@@ -33,6 +33,21 @@ def open_store(settings: Settings) -> FeatureStore:
     return FeatureStore(repo_path=str(REPO_PATH))
 
 
+_offline_engine_configured = False
+
+
+def ensure_offline_engine() -> None:
+    """Configure the offline engine from the environment unless this process already did.
+
+    A process that loads the repository without ``open_store`` (the stock ``feast`` CLI run in
+    features/) gets the same S3 access from the same settings; one that called ``open_store``
+    keeps what it chose."""
+    if not _offline_engine_configured:
+        from core import settings as settings_mod
+
+        configure_offline_engine(settings_mod.load())
+
+
 def configure_offline_engine(settings: Settings) -> None:
     """Let the DuckDB offline store read our S3: httpfs from its PyPI package, our credentials.
 
@@ -60,6 +75,8 @@ def configure_offline_engine(settings: Settings) -> None:
                     f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
     raw.execute(f"CREATE OR REPLACE SECRET feature_platform_s3 (TYPE s3, {', '.join(options)})")
     ibis.set_backend(connection)
+    global _offline_engine_configured
+    _offline_engine_configured = True
 
 
 def _sql_string(value: str) -> str:

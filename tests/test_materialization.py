@@ -119,3 +119,182 @@ def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
     served = online.online_vectors(store, settings, active, now=end)
     rows = {r["employee_id"]: r for r in layout.read_partition(settings, dates[1]).to_pylist()}
     assert {i: v for i, v in served.items()} == {i: [rows[i][n] for n in spec.FEATURE_NAMES] for i in active}
+
+
+# --- The Arrow write path against Feast's stock path, byte for byte --------------------------------
+
+def _dump(client) -> dict[bytes, dict[bytes, bytes]]:
+    """Every key of a Redis database with every field and value, as stored."""
+    return {key: client.hgetall(key) for key in client.scan_iter(count=1000)}
+
+
+def _stock_store(settings, port: int, registry):
+    """Feast as shipped: its local engine and its own Redis online store, on a Redis of its own."""
+    from feast import FeatureStore, RepoConfig
+
+    from features.definitions import build
+
+    config = RepoConfig(project=settings.feast_project, provider="local", entity_key_serialization_version=3,
+                        registry={"registry_type": "sql", "path": f"sqlite:///{registry}", "cache_ttl_seconds": 0},
+                        online_store={"type": "redis", "connection_string": f"127.0.0.1:{port}"},
+                        offline_store={"type": "duckdb"}, batch_engine="local",
+                        materialization={"online_write_batch_size": settings.materialize_batch_size})
+    store = FeatureStore(config=config)
+    store.apply(list(build(settings)))
+    return store
+
+
+def _day(day: date) -> tuple[datetime, datetime]:
+    start = spec.extraction_timestamp(day)
+    return start, start + timedelta(days=1)
+
+
+def test_arrow_writes_are_byte_identical_to_feasts_stock_path(stack, exports, tmp_path):
+    """Windows loaded out of order (an older one after newer ones is skipped where Redis holds newer
+    values), a correction replaced in place, leavers removed: every key and field as Feast writes it."""
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    from conftest import dedicated_valkey
+    from features.engine import PlatformComputeEngine
+
+    settings = replace(isolated(stack, tmp_path, "bytes"), materialize_batch_size=37)
+    ingest_exports(settings, exports[-3:])
+    older, previous, latest = layout.list_partitions(settings)
+    with ExitStack() as servers:
+        (ours_port, ours), (stock_port, stock), (fresh_port, fresh) = (
+            servers.enter_context(dedicated_valkey(tmp_path)) for _ in range(3))
+        mine = replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0")
+        store = fs.open_store(mine)
+        fs.apply(store, mine)
+        assert isinstance(store._get_provider().batch_engine, PlatformComputeEngine)
+        feast_store = _stock_store(settings, stock_port, tmp_path / "stock-registry.db")
+
+        for day in (previous, latest, older):  # the older window last: newer values stay
+            for each in (store, feast_store):
+                each.materialize(*_day(day), feature_views=[fs.FEATURE_VIEW])
+            assert _dump(ours) == _dump(stock), day
+        intervals = [each.get_feature_view(fs.FEATURE_VIEW, allow_registry_cache=False).materialization_intervals
+                     for each in (store, feast_store)]
+        assert intervals[0] == intervals[1] and len(intervals[0]) == 3, "the registry records the windows as Feast does"
+        assert len(_dump(ours)) == len({r["employee_id"] for d in (older, previous, latest)
+                                        for r in layout.read_partition(settings, d).to_pylist()})
+
+        # A corrected latest extraction: Feast's store skips a row of the same event time, ours
+        # replaces it in place. The result equals Feast's own load of the corrected data from scratch.
+        rows = layout.read_partition(settings, latest).to_pylist()
+        corrected_ids = [r["employee_id"] for r in rows if r["is_active"]][:25]
+        ingest_exports(settings, [corrected_export(exports[-1], tmp_path, "JobSatisfaction", set(corrected_ids))])
+        store.materialize(*_day(latest), feature_views=[fs.FEATURE_VIEW])
+        feast_fresh = _stock_store(settings, fresh_port, tmp_path / "fresh-registry.db")
+        for day in (previous, latest, older):
+            feast_fresh.materialize(*_day(day), feature_views=[fs.FEATURE_VIEW])
+        assert _dump(ours) == _dump(fresh)
+        assert _dump(ours) != _dump(stock), "the correction changed served bytes"
+
+        # The whole materialization of the pipeline: leavers' hashes go, every other byte stays Feast's.
+        result = fs.materialize(store, mine, _day(latest)[1], start=_day(older)[0])
+        left = online.read_roster(settings, latest).left
+        assert result.retired == len(left) > 0
+        leaver_keys = {online.redis_key(settings.feast_project, i) for i in left}
+        expected = {k: v for k, v in _dump(fresh).items() if k not in leaver_keys}
+        assert _dump(ours) == expected
+
+
+def test_the_stock_feast_cli_takes_the_same_write_path(stack, exports, tmp_path):
+    """`feast materialize-incremental`, run as Feast ships it from features/, goes through the Arrow
+    writer (its log line) and leaves the same bytes as Feast's stock store."""
+    import os
+    import subprocess
+    from dataclasses import replace
+
+    from conftest import ROOT, dedicated_valkey
+
+    settings = isolated(stack, tmp_path, "cli")
+    ingest_exports(settings, exports[-1:])
+    with dedicated_valkey(tmp_path) as (ours_port, ours), dedicated_valkey(tmp_path) as (stock_port, stock):
+        mine = replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0")
+        fs.apply(fs.open_store(mine), mine)
+        end = _day(LATEST)[1]
+        feast = os.path.join(os.path.dirname(os.sys.executable), "feast")
+        proc = subprocess.run([feast, "--log-level", "INFO", "-c", "features", "materialize-incremental", end.isoformat()],
+                              cwd=ROOT, env={**os.environ, **mine.feast_env(), **mine.s3_env()},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "written to the online store" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+        feast_store = _stock_store(settings, stock_port, tmp_path / "stock-registry.db")
+        feast_store.materialize_incremental(end_date=end, feature_views=[fs.FEATURE_VIEW])
+        assert len(_dump(ours)) == layout.read_partition(settings, LATEST).num_rows
+        assert _dump(ours) == _dump(stock)
+
+
+def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microseconds(stack, exports, tmp_path):
+    """``arrow_writes`` (per distinct value) against Feast's ``_convert_arrow_to_proto`` then the
+    row serialization, on a partition with missing values and event times down to the microsecond."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+    from feast.utils import _convert_arrow_to_proto
+
+    from conftest import dedicated_valkey
+    from features.online_store import arrow_writes, row_writes
+
+    settings = isolated(stack, tmp_path, "ser")
+    ingest_exports(settings, exports[-1:])
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    view = store.get_feature_view(fs.FEATURE_VIEW)
+    table = layout.read_partition(settings, LATEST).slice(0, 200)
+    # Missing values in an integer and a float feature, and distinct sub-second event times.
+    for name in ("salary_band", "career_velocity"):
+        column = table[name].to_pylist()
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array([None if i % 7 == 0 else v for i, v in enumerate(column)], table[name].type))
+    times = table[spec.TIMESTAMP].to_pylist()
+    table = table.set_column(table.schema.get_field_index(spec.TIMESTAMP), spec.TIMESTAMP,
+                             pa.array([t + timedelta(microseconds=i * 1001) for i, t in enumerate(times)],
+                                      table[spec.TIMESTAMP].type))
+    batch = table.to_batches()[0]
+    rows = _convert_arrow_to_proto(batch, view, {e.name: e.dtype.to_value_type() for e in view.entity_columns})
+    assert arrow_writes(store.config, view, batch) == row_writes(store.config, view, rows)
+    assert b"" in arrow_writes(store.config, view, batch).values[1], "a missing value is Feast's empty Value"
+
+    # And in Redis: Feast's own store writing Feast's rows, ours writing the Arrow batch.
+    with dedicated_valkey(tmp_path) as (stock_port, stock), dedicated_valkey(tmp_path) as (ours_port, ours):
+        feast_store = _stock_store(settings, stock_port, tmp_path / "stock-registry.db")
+        feast_store._get_provider().online_store.online_write_batch(feast_store.config, view, rows, None)
+        mine = fs.open_store(replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0"))
+        assert mine._get_provider().online_store.online_write_arrow(mine.config, view, batch) == batch.num_rows
+        assert len(_dump(ours)) == batch.num_rows
+        assert _dump(ours) == _dump(stock)
+
+
+def test_cluster_writes_follow_the_scripts_rule(stack, exports, tmp_path):
+    """A Redis Cluster takes two pipelined passes instead of the script: same rule, same bytes."""
+    import pyarrow as pa
+
+    from features.online_store import PlatformRedisOnlineStore, arrow_writes
+
+    from conftest import dedicated_valkey
+
+    settings = isolated(stack, tmp_path, "rule")
+    ingest_exports(settings, exports[-3:])
+    older, previous, latest = layout.list_partitions(settings)
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    view = store.get_feature_view(fs.FEATURE_VIEW)
+    writer = PlatformRedisOnlineStore()
+    ts_field = online.timestamp_field(fs.FEATURE_VIEW)
+    batches = [layout.read_partition(settings, day).to_batches()[0] for day in (previous, latest, older)]
+    corrected = layout.read_partition(settings, latest)
+    corrected = corrected.set_column(corrected.schema.get_field_index("overtime"), "overtime", pa.array(
+        [1 - v for v in corrected["overtime"].to_pylist()], corrected["overtime"].type)).to_batches()[0]
+    with dedicated_valkey(tmp_path) as (_, by_script), dedicated_valkey(tmp_path) as (_, by_passes):
+        # A batch holding an entity twice at the same event time: the later row (the correction) wins.
+        both = pa.Table.from_batches([batches[1], corrected]).combine_chunks().to_batches()[0]
+        for batch in [*batches, both, batches[1], corrected]:
+            writes = arrow_writes(store.config, view, batch)
+            written = writer._write_by_script(by_script, store.config.online_store, ts_field, writes)
+            assert writer._write_in_two_passes(by_passes, store.config.online_store, ts_field, writes) == written
+            assert _dump(by_script) == _dump(by_passes)
+        assert 0 < written == corrected.num_rows, "a correction of the newest date is written in full"

@@ -48,7 +48,7 @@ class Server:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"{args[0]} did not start: {open(log_path).read()[-3000:]}")
+                raise AssertionError(f"{args[0]} did not start: {_start_failure(log_path, env)}")
             time.sleep(0.3)
 
     def stop(self):
@@ -56,6 +56,18 @@ class Server:
             os.killpg(self.proc.pid, 15)
             self.proc.wait(20)
         self.log.close()
+
+
+def _start_failure(log_path, env: dict) -> str:
+    """The head and tail of a server's log, and the first bytes of a SQLite registry it could not read."""
+    text = open(log_path).read()
+    shown = text if len(text) <= 6000 else text[:2500] + "\n[...]\n" + text[-3500:]
+    registry = env.get("FP_REGISTRY_URL", "")
+    if registry.startswith("sqlite:///"):
+        path = registry.removeprefix("sqlite:///")
+        header = open(path, "rb").read(32) if os.path.exists(path) else b"(no file)"
+        shown += f"\nregistry {path}: first bytes {header!r}"
+    return shown
 
 
 @pytest.fixture(scope="module")
