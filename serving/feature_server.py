@@ -193,6 +193,18 @@ class ReadOnly:
         await _send_json(send, 403, body)
 
 
+def release_registry_connections(store) -> None:
+    """Close the registry's pooled database connections before gunicorn forks the workers.
+
+    A connection opened here would otherwise be inherited by every worker and used by several
+    processes at once, which SQLAlchemy and SQLite both forbid (a SQLite file can then read as
+    "file is not a database"); each worker opens its own on first use."""
+    for name in ("write_engine", "read_engine"):
+        engine = getattr(store.registry, name, None)
+        if engine is not None:
+            engine.dispose()
+
+
 def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> None:
     """Run Feast's feature server app, read-only, with gunicorn and uvicorn workers (as `feast serve`)."""
     from feast import feature_server as feast_server
@@ -216,6 +228,8 @@ def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> Non
     # checks, its audit middleware).
     audit = getattr(getattr(store.config, "feature_server", None), "audit_logging", None)
     fast = auth_type == AuthManagerType.NONE and not getattr(audit, "enabled", False)
+
+    release_registry_connections(store)
 
     class ReadOnlyApplication(feast_server.FeastServeApplication):
         def load(self):

@@ -427,3 +427,19 @@ def test_make_serve_starts_both_idempotently_and_down_stops_them(served, tmp_pat
     assert [s.split(" ")[0] for s in stopped] == ["api", "feature-server"]
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{local.feature_server_url}/health", timeout=2)
+
+
+def test_the_feature_server_forks_its_workers_without_a_registry_connection(stack, tmp_path):
+    """gunicorn forks the workers from the process that opened the store: a pooled SQLite
+    connection inherited by every worker is shared between processes, so none may be left."""
+    from serving.feature_server import release_registry_connections
+
+    settings = isolated(stack, tmp_path, "fork")
+    store = fs.open_store(settings)
+    fs.apply(store, settings)
+    engine = store.registry.write_engine
+    store.list_feature_views(allow_cache=False)
+    assert engine.pool.checkedin() >= 1, "the registry pools a connection after a read"
+    release_registry_connections(store)
+    assert engine.pool.checkedin() == 0
+    assert [v.name for v in store.list_feature_views(allow_cache=False)] == [fs.FEATURE_VIEW], "reads reconnect"
