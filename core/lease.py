@@ -73,6 +73,8 @@ class Lease:
                            }).encode()
 
     def _put(self, **condition) -> str:
+        if self.settings.s3_sse:
+            condition["ServerSideEncryption"] = self.settings.s3_sse
         return self.client.put_object(Bucket=self.settings.s3_bucket, Key=self.key, Body=self._body(),
                                       ContentType="application/json", **condition)["ETag"]
 

@@ -54,9 +54,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def dedicated_valkey(folder: Path, *args: str):
-    """A valkey-server of the test's own on a free port (for eviction, write failures), stopped after."""
-    port = free_port()
+def dedicated_valkey(folder: Path, *args: str, port: int | None = None):
+    """A valkey-server of the test's own on a free port, or ``port`` (a restart), stopped after."""
+    port = port or free_port()
     proc = subprocess.Popen([devstack.valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", str(folder), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

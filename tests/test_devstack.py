@@ -15,13 +15,34 @@ from core import s3
 pytestmark = pytest.mark.integration
 
 
-def test_up_is_idempotent_and_leaves_an_existing_redis_alone(stack):
+def test_up_is_idempotent(stack):
+    """A second `up` restarts nothing and loses nothing: the same S3 server process, its data, the
+    same credentials, and every service it reports answers where it says."""
+    s3_pid = devstack._running_pid(stack, "s3")
+    assert s3_pid is not None, "the session's stack started its S3 server"
+    s3.put_bytes(stack, "probe/before-second-up", b"kept")
     again, statuses = devstack.up(stack)
     by_name = {s.name: s for s in statuses}
-    assert all(s.healthy for s in statuses)
-    assert by_name["s3"].url == stack.s3_endpoint_url
+    assert devstack._running_pid(stack, "s3") == s3_pid, "the running S3 server was not restarted"
     assert again.aws_access_key_id == stack.aws_access_key_id, "credentials are generated once"
-    assert by_name["redis"].managed == (devstack._running_pid(stack, "redis") is not None)
+    assert by_name["s3"].url == stack.s3_endpoint_url
+    assert s3.get_bytes(again, "probe/before-second-up") == b"kept"
+    assert redis.Redis.from_url(stack.redis_url).ping()
+    assert sorted(by_name) == ["redis", "registry", "s3"]
+
+
+def test_an_existing_redis_is_used_and_left_alone(stack, tmp_path):
+    """A Redis that already answers is reported as external and survives `up` and `down` untouched."""
+    from conftest import dedicated_valkey
+
+    with dedicated_valkey(tmp_path) as (port, client):
+        client.set("probe", "theirs")
+        run_id = client.info("server")["run_id"]
+        own = replace(stack, local_dir=tmp_path / "stack", redis_url=f"redis://127.0.0.1:{port}/0")
+        status = devstack.up_redis(own)
+        assert status.healthy and not status.managed and status.detail == "already running"
+        assert devstack.down(own) == [], "down stops only what the stack started"
+        assert client.info("server")["run_id"] == run_id and client.get("probe") == b"theirs"
 
 
 def test_valkey_is_started_where_no_redis_answers_and_stopped_by_down(stack, tmp_path):

@@ -83,6 +83,39 @@ def test_objects_request_server_side_encryption(stack, exports):
     assert head.get("ServerSideEncryption") == "AES256"
 
 
+def test_every_object_the_pipeline_writes_requests_encryption(stack, exports, tmp_path):
+    """Not only partitions: raw exports, quarantined batches and their reasons, validation reports,
+    the served state, the online check's state, models and leases, in a bucket of the test's own."""
+    import secrets
+    from dataclasses import replace
+
+    from conftest import served_history
+    from monitoring import health
+
+    settings = replace(isolated(stack, tmp_path, "sse"), s3_bucket=f"fp-sse-{secrets.token_hex(4)}")
+    s3.ensure_bucket(settings)
+    served_history(settings, exports)
+    health.check(settings)
+    lines = exports[-1].read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("Age")] = "999"
+    bad = tmp_path / exports[-1].name
+    bad.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
+    with pytest.raises(Exception, match="Age"):
+        ing.ingest(settings, str(bad), date(2026, 10, 31))
+    client = s3.client(settings)
+    with Lease(settings, "locks/sse-test", "the encryption test"):
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket)
+                for o in page.get("Contents", [])]
+        kinds = {k.split("/")[1] if k.startswith("sse-") else k.split("/")[0] for k in keys}
+        assert {"raw", "features", "quarantine", "models", "monitoring", "online", "locks"} <= kinds, sorted(kinds)
+        assert any(k.endswith("reason.json") for k in keys) and any(k.endswith(".html") for k in keys), keys
+        unencrypted = [k for k in keys
+                       if client.head_object(Bucket=settings.s3_bucket, Key=k).get("ServerSideEncryption") != "AES256"]
+    assert unencrypted == [], f"{len(unencrypted)} of {len(keys)} objects without encryption: {unencrypted[:10]}"
+
+
 def test_future_date_and_bad_file_are_clear_errors(stack, exports, tmp_path):
     proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", "2999-01-31", "--no-validate")
     assert proc.returncode == 2 and "in the future" in proc.stderr

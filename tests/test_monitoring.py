@@ -140,3 +140,62 @@ def test_unreachable_redis_is_a_clear_error(materialized):
     proc = run_cli("monitoring", "check", env=env)
     assert proc.returncode == 1
     assert "cannot reach Redis at redis://127.0.0.1:" in proc.stderr and "FP_REDIS_URL" in proc.stderr
+
+
+def test_a_restarted_redis_counts_its_evictions_from_zero_and_says_so(materialized, tmp_path):
+    """Eviction counters restart with Redis: the previous check's baseline is then meaningless, and
+    everything the restarted server counted is new."""
+    settings = replace(materialized, s3_features_prefix=materialized.s3_features_prefix)
+    payload = b"x" * 2048
+
+    def evict(client, keys: int) -> None:
+        for start in range(0, keys, 500):
+            with client.pipeline(transaction=False) as pipe:
+                for i in range(start, start + 500):
+                    pipe.set(f"filler:{i}", payload)
+                pipe.execute()
+
+    args = ("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+    with dedicated_valkey(tmp_path, *args) as (port, client):
+        before = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
+        evict(client, 6000)
+        health.check(before, use_registry=False)
+        evicted_before = health.load_state(before)["evicted_keys"]  # the baseline the next check finds
+        assert evicted_before > 0
+    with dedicated_valkey(tmp_path, *args, port=port) as (_, client):  # the same server, restarted
+        after = before
+        evict(client, 4000)
+        report = health.check(after, use_registry=False)
+    evicted_after = health.load_state(after)["evicted_keys"]  # the counter as the check read it
+    assert 0 < evicted_after < evicted_before, "fewer than the baseline, so a subtraction would go negative"
+    assert report.evicted_since_last == evicted_after
+    assert "Redis restarted since the previous check (run_id changed)" in report.warnings
+    assert any(f"Redis evicted {evicted_after} keys since the previous check" in p for p in report.problems)
+
+
+def test_every_metric_carries_the_reports_value(materialized):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    report = health.check(materialized, save=False)
+    samples = {s.name: s for family in text_string_to_metric_families(health.prometheus_text(report, "proj"))
+               for s in family.samples}
+    coverage = (report.active_expected - report.active_missing) / report.active_expected
+    expected = {
+        "feature_store_online_healthy": 1.0,
+        "feature_store_online_entities": report.entities_online,
+        "feature_store_online_freshness_oldest_seconds": report.age_seconds["oldest"],
+        "feature_store_online_freshness_median_seconds": report.age_seconds["median"],
+        "feature_store_online_stale_active_entities": report.stale_active,
+        "feature_store_online_coverage_ratio": coverage,
+        "feature_store_online_missing_active_entities": report.active_missing,
+        "feature_store_online_evicted_keys": report.evicted_since_last,
+        "feature_store_online_memory_ratio": report.memory_ratio,
+        "feature_store_online_check_timestamp_seconds": datetime.fromisoformat(report.checked_at).timestamp(),
+    }
+    assert {name: s.value for name, s in samples.items()} == pytest.approx(expected)
+    assert report.entities_online > 0 and coverage == 1.0
+    assert all(s.labels == {"project": "proj", "feature_view": "employee_features"} for s in samples.values())
+    stale = health.check(materialized, now=datetime.now(timezone.utc) + timedelta(days=90), save=False)
+    text = health.prometheus_text(stale, "proj")
+    assert 'feature_store_online_healthy{feature_view="employee_features",project="proj"} 0.0' in text
+    assert f'feature_store_online_stale_active_entities{{feature_view="employee_features",project="proj"}} {float(stale.stale_active)}' in text
