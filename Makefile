@@ -14,7 +14,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up serve down demo test bench airflow lock clean
+.PHONY: venv up serve down demo test bench mutate airflow lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found " + sys.version.split()[0] + ")")'
@@ -49,10 +49,19 @@ bench: up
 airflow: up
 	$(PY) -m orchestration.local_airflow
 
+# Mutation testing (mutmut, configured in pyproject.toml): every mutant must fail a test.
+mutate: venv
+	rm -rf mutants
+	$(VENV)/bin/mutmut run
+	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
+	@$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	  print(f\"mutation score: {s['killed']}/{s['total']} killed ({s['killed'] / s['total']:.1%}), {s['survived']} survived\")"
+	@$(VENV)/bin/mutmut results
+
 # Re-pin requirements.txt after editing requirements.in.
 lock: venv
 	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements.in -o requirements.txt
 	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements-worker.in -c requirements.txt -o requirements-worker.txt
 
 clean: down
-	rm -rf $(VENV) .local data
+	rm -rf $(VENV) .local data mutants

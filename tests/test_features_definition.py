@@ -109,3 +109,46 @@ def test_generate_and_describe_work_as_command_lines(tmp_path):
     described = run_cli("etl", "describe")
     assert described.returncode == 0 and features.markdown_table() in described.stdout
     assert all(f"{name:22} {value}" in described.stdout for name, value in features.fingerprints().items())
+
+
+def test_the_partition_has_the_declared_schema_timestamps_and_fingerprints():
+    """What Feast and the skew checks read besides the values: column types, the event time (the
+    extraction date, midnight UTC), the created time, and which code computed each feature."""
+    import json
+    from datetime import timedelta
+
+    created = datetime(2026, 11, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2)))
+    table = features.compute(raw_rows({"EmployeeNumber": 1}, {"EmployeeNumber": 2}), AS_OF, created=created)
+    assert table.schema.remove_metadata().equals(features.OUTPUT_SCHEMA.remove_metadata())
+    assert table.schema.metadata == {features.FINGERPRINTS_KEY: json.dumps(features.fingerprints(), sort_keys=True).encode()}
+    assert list(json.loads(table.schema.metadata[features.FINGERPRINTS_KEY])) == sorted(features.FEATURE_NAMES)
+    assert features.extraction_timestamp(AS_OF) == datetime(2026, 10, 31, tzinfo=timezone.utc)
+    assert features.extraction_timestamp(AS_OF).utcoffset() == timedelta(0)
+    assert table[features.TIMESTAMP].to_pylist() == [datetime(2026, 10, 31, tzinfo=timezone.utc)] * 2
+    assert table[features.CREATED].to_pylist() == [created.astimezone(timezone.utc)] * 2
+
+    before = datetime.now(timezone.utc)
+    stamped = features.compute(raw_rows({"EmployeeNumber": 1}), AS_OF)[features.CREATED][0].as_py()
+    assert before <= stamped <= datetime.now(timezone.utc), "created defaults to now, in UTC"
+
+
+def test_the_feature_table_has_its_header():
+    lines = features.markdown_table().splitlines()
+    assert lines[:2] == ["| feature | type | unit | definition |", "| --- | --- | --- | --- |"]
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines[2:]] == list(features.FEATURE_NAMES)
+
+
+def test_timestamps_do_not_depend_on_the_machines_time_zone(monkeypatch):
+    import time
+    from datetime import timedelta
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        created = datetime(2026, 11, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+        table = features.compute(raw_rows({"EmployeeNumber": 1}), AS_OF, created=created)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert table[features.CREATED][0].as_py() == datetime(2026, 11, 2, 1, 4, 5, tzinfo=timezone.utc)
+    assert table[features.TIMESTAMP][0].as_py() == datetime(2026, 10, 31, tzinfo=timezone.utc)
