@@ -7,17 +7,10 @@ removes its Redis keys at the end.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -28,8 +21,7 @@ from core import settings as settings_mod
 from core.settings import Settings
 from etl import generate as gen
 
-ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN_URL = os.environ.get("FP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from helpers import POSTGRES_ADMIN_URL, WebhookListener
 
 
 def pytest_configure(config):
@@ -45,67 +37,6 @@ def pytest_configure(config):
                 # The tests' inboxes are pytest's temporary folders.
                 "FP_INBOX_ALLOWED": tempfile.gettempdir()})
     os.environ.update(env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def dedicated_valkey(folder: Path, *args: str, port: int | None = None):
-    """A valkey-server of the test's own on a free port, or ``port`` (a restart), stopped after."""
-    port = port or free_port()
-    proc = subprocess.Popen([devstack.valkey_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(folder), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-    try:
-        yield port, client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
-
-
-class Loop:
-    """Calls ``step`` in a thread until stopped, counting calls and keeping every failure."""
-
-    def __init__(self, step):
-        import threading
-
-        self.step, self.calls, self.failures = step, 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while True:  # at least one call, however short the foreground work
-            try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - every failure is the finding
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self.calls += 1
-            if self._stop.is_set():
-                break
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(60)
 
 
 @pytest.fixture(scope="session")
@@ -146,210 +77,11 @@ def exports(tmp_path_factory) -> list[Path]:
     return gen.generate(tmp_path_factory.mktemp("exports"), employees=300, months=6, end=date(2026, 10, 31), seed=11)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 180, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run one of our CLIs as an operator would, with this process's environment (from ``cwd``: a
-    package copied there is imported instead of the checkout's)."""
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-class Proxy:
-    """A TCP proxy on a free port in front of a real server on 127.0.0.1:``port``.
-
-    ``trigger``: once a request containing it goes through, the proxy hangs (connections accepted,
-    nothing relayed, as with a SIGSTOPped server), or with ``die`` drops every connection and
-    refuses new ones (as with a killed server). ``tls``: the proxy's side is TLS (an
-    ``ssl.SSLContext`` for a server), the server's side plain."""
-
-    def __init__(self, port: int, trigger: bytes | None = None, tls=None, die: bool = False):
-        self.target, self.trigger, self.tls, self.die = port, trigger, tls, die
-        self.hanging = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
-
-    def _connect(self, client):
-        if self.tls is not None:
-            try:
-                client = self.tls.wrap_socket(client, server_side=True)
-            except OSError:  # ssl.SSLError included: the client refused the certificate
-                client.close()
-                return
-        upstream = socket.create_connection(("127.0.0.1", self.target))
-        self.sockets += [client, upstream]
-        threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
-        self._relay(client, upstream, True)
-
-    def _relay(self, source: socket.socket, sink: socket.socket, requests: bool):
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if requests and self.trigger is not None and self.trigger in data:
-                self.hanging.set()
-                if self.die:
-                    self.close()
-                    return
-            if not self.hanging.is_set():
-                try:
-                    sink.sendall(data)
-                except OSError:
-                    return
-
-    def close(self):
-        for sock in self.sockets:
-            sock.close()
-
-
-class WebhookListener:
-    """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it (alert receiver)."""
-
-    def __init__(self):
-        import http.server
-        import threading
-
-        received = self.received = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    received.append(json.loads(body))
-                except ValueError:
-                    received.append({"raw": body.decode(errors="replace")})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def wait_for(self, predicate, timeout: float) -> list:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            matching = [r for r in self.received if predicate(r)]
-            if matching:
-                return matching
-            time.sleep(0.5)
-        return []
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def webhook():
     listener = WebhookListener()
     yield listener
     listener.close()
-
-
-def isolated(stack: Settings, tmp_path: Path, name: str) -> Settings:
-    """Settings with their own features prefix, Feast project and SQLite registry."""
-    token = secrets.token_hex(3)
-    return replace(stack, s3_features_prefix=f"{name}-{token}/features", s3_raw_prefix=f"{name}-{token}/raw",
-                   feast_project=f"{stack.feast_project}_{name}{token}",
-                   registry_url=f"sqlite:///{tmp_path / f'{name}-registry.db'}")
-
-
-def _certificate(name: str, issuer_key, issuer_name, key, ca: bool = False):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.now(timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def make_pki(folder: Path, hosts: list[str]) -> Path:
-    """A fresh CA (``ca.crt``) and, for each host name, a server certificate it signed
-    (``<host>.crt``, ``<host>.key``), in ``folder``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("test CA", ca_key, None, ca_key, ca=True)
-    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for host in hosts:
-        key = ec.generate_private_key(ec.SECP256R1())
-        (folder / f"{host}.crt").write_bytes(_certificate(host, ca_key, ca.subject, key).public_bytes(
-            serialization.Encoding.PEM))
-        (folder / f"{host}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                               serialization.PrivateFormat.PKCS8,
-                                                               serialization.NoEncryption()))
-    return folder
-
-
-def cli_env(settings: Settings, **extra: str) -> dict:
-    """The variables that point a CLI or a server at ``settings``' prefixes, project, registry and Redis."""
-    return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
-            "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url, **extra}
-
-
-def corrected_export(source: Path, folder: Path, column: str, employees) -> Path:
-    """``source`` as the HR system re-sends it: ``column`` corrected for ``employees`` (a rating of
-    1 becomes 4, any other becomes 1), under the same file name in ``folder``."""
-    lines = source.read_text().splitlines()
-    header = lines[0].split(",")
-    column_at, key_at = header.index(column), header.index("EmployeeNumber")
-    rows = [line.split(",") for line in lines[1:]]
-    for row in rows:
-        if int(row[key_at]) in employees:
-            row[column_at] = "4" if row[column_at] == "1" else "1"
-    corrected = folder / source.name
-    corrected.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
-    return corrected
-
-
-def ingest_exports(settings: Settings, paths: list[Path]) -> None:
-    from etl import ingest as ing
-
-    for path in paths:
-        ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
-
-
-def served_history(settings: Settings, paths: list[Path]):
-    """``paths`` ingested, the definitions applied, Redis loaded and a model trained and promoted
-    (whether or not it passed the quality gate, which is not what its callers test): (store, result)."""
-    from features import store as fs
-    from training import model
-
-    ingest_exports(settings, paths)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=2)
-    if not result.promoted:
-        model.promote(settings, result.version)
-    return store, result
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiClient
 
-from conftest import ROOT
+from helpers import ROOT
 from core import settings as settings_mod
 from orchestration import local_airflow
 from deploy import check as check_mod
@@ -246,7 +246,7 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
 def test_the_nightly_run_catches_up_after_skipped_nights(stack, airflow_home, exports, tmp_path, monkeypatch):
     """August was published; the nights that should have published September and October were
     skipped. The next run publishes both, oldest first, each through the gate, and serves October."""
-    from conftest import cli_env, ingest_exports, isolated
+    from helpers import cli_env, ingest_exports, isolated
     from etl import layout
     from features import online
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from conftest import ROOT, Proxy, cli_env, isolated, run_cli
+from helpers import ROOT, Proxy, cli_env, isolated, run_cli
 from core import s3
 from core.lease import Lease
 from etl import ingest as ing
@@ -89,7 +89,7 @@ def test_every_object_the_pipeline_writes_requests_encryption(stack, exports, tm
     import secrets
     from dataclasses import replace
 
-    from conftest import served_history
+    from helpers import served_history
     from monitoring import health
 
     settings = replace(isolated(stack, tmp_path, "sse"), s3_bucket=f"fp-sse-{secrets.token_hex(4)}")

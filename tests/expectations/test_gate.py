@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli
+from helpers import ROOT, run_cli
 from core import s3
 from etl import ingest as ing
 from etl import layout

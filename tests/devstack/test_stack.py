@@ -9,7 +9,7 @@ import pytest
 import redis
 
 import devstack
-from conftest import free_port
+from helpers import free_port
 from core import s3
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ def test_up_is_idempotent(stack):
 
 def test_an_existing_redis_is_used_and_left_alone(stack, tmp_path):
     """A Redis that already answers is reported as external and survives `up` and `down` untouched."""
-    from conftest import dedicated_valkey
+    from helpers import dedicated_valkey
 
     with dedicated_valkey(tmp_path) as (port, client):
         client.set("probe", "theirs")
@@ -81,7 +81,7 @@ def test_a_second_stack_runs_beside_the_first_on_its_own_ports(stack, tmp_path):
 
 
 def test_status_lists_every_service(stack):
-    from conftest import run_cli
+    from helpers import run_cli
 
     proc = run_cli("devstack", "status")
     assert proc.returncode == 0, proc.stderr[-2000:]

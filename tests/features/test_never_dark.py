@@ -17,7 +17,7 @@ import pytest
 import redis
 from feast import FeatureViewState
 
-from conftest import Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from helpers import Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing

@@ -9,7 +9,7 @@ import pytest
 from feast import Field
 from feast.types import Float32, Int64
 
-from conftest import cli_env, isolated, run_cli
+from helpers import cli_env, isolated, run_cli
 from features import check
 from features import store as fs
 from features.definitions import build

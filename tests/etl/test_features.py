@@ -96,7 +96,7 @@ def test_readme_documents_exactly_these_features_and_settings():
 
 
 def test_generate_and_describe_work_as_command_lines(tmp_path):
-    from conftest import run_cli
+    from helpers import run_cli
     from etl import schema
 
     generated = run_cli("etl", "generate", "--out", str(tmp_path), "--employees", "40", "--months", "2",

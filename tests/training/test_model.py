@@ -15,7 +15,7 @@ from feast import FeatureService
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from conftest import cli_env, ingest_exports, isolated, run_cli
+from helpers import cli_env, ingest_exports, isolated, run_cli
 from core import s3
 from etl import features as spec
 from etl import ingest as ing
@@ -221,7 +221,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
 
 
 def test_training_with_s3_unreachable_is_exit_3_in_one_line(stack, tmp_path):
-    from conftest import free_port, run_cli
+    from helpers import free_port, run_cli
 
     proc = run_cli("training", "train", env={"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
                                              "FP_REGISTRY_URL": f"sqlite:///{tmp_path / 'registry.db'}"})

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy
 
-from conftest import POSTGRES_ADMIN_URL, ROOT, free_port
+from helpers import POSTGRES_ADMIN_URL, ROOT, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def metadata_db():
 
 @pytest.fixture(scope="module")
 def alert_listener():
-    from conftest import WebhookListener
+    from helpers import WebhookListener
 
     listener = WebhookListener()
     yield listener

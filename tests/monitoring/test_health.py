@@ -4,13 +4,14 @@ valkey-server started on a free port with a small maxmemory and an evicting poli
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
 
-from conftest import cli_env, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
+from helpers import cli_env, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from etl import layout
 from features import online
 from features import store as fs
@@ -155,18 +156,27 @@ def test_a_restarted_redis_counts_its_evictions_from_zero_and_says_so(materializ
                     pipe.set(f"filler:{i}", payload)
                 pipe.execute()
 
-    args = ("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+    args = ("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru", "--enable-debug-command", "yes")
     with dedicated_valkey(tmp_path, *args) as (port, client):
-        before = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
+        server = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
         evict(client, 6000)
-        health.check(before, use_registry=False)
-        evicted_before = health.load_state(before)["evicted_keys"]  # the baseline the next check finds
+        health.check(server, use_registry=False)
+        evicted_before = health.load_state(server)["evicted_keys"]  # the baseline the next check finds
         assert evicted_before > 0
-    with dedicated_valkey(tmp_path, *args, port=port) as (_, client):  # the same server, restarted
-        after = before
+        run_id = client.info("server")["run_id"]
+        with pytest.raises(redis.ConnectionError):
+            client.execute_command("DEBUG", "RESTART")  # the same process and port, started again
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.info("server")["run_id"] != run_id
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not come back"
+                time.sleep(0.1)
         evict(client, 4000)
-        report = health.check(after, use_registry=False)
-    evicted_after = health.load_state(after)["evicted_keys"]  # the counter as the check read it
+        report = health.check(server, use_registry=False)
+    evicted_after = health.load_state(server)["evicted_keys"]  # the counter as the check read it
     assert 0 < evicted_after < evicted_before, "fewer than the baseline, so a subtraction would go negative"
     assert report.evicted_since_last == evicted_after
     assert "Redis restarted since the previous check (run_id changed)" in report.warnings

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from conftest import cli_env, corrected_export, ingest_exports, isolated
+from helpers import cli_env, corrected_export, ingest_exports, isolated
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout
@@ -103,7 +103,7 @@ def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
 
 def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
     """`python -m features materialize START END` loads exactly the window's newest extraction."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     settings = isolated(stack, tmp_path, "window")
     ingest_exports(settings, exports[-3:])
@@ -155,7 +155,7 @@ def test_arrow_writes_are_byte_identical_to_feasts_stock_path(stack, exports, tm
     from contextlib import ExitStack
     from dataclasses import replace
 
-    from conftest import dedicated_valkey
+    from helpers import dedicated_valkey
     from features.engine import PlatformComputeEngine
 
     settings = replace(isolated(stack, tmp_path, "bytes"), materialize_batch_size=37)
@@ -208,7 +208,7 @@ def test_the_stock_feast_cli_takes_the_same_write_path(stack, exports, tmp_path)
     import subprocess
     from dataclasses import replace
 
-    from conftest import ROOT, dedicated_valkey
+    from helpers import ROOT, dedicated_valkey
 
     settings = isolated(stack, tmp_path, "cli")
     ingest_exports(settings, exports[-1:])
@@ -236,7 +236,7 @@ def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microse
     import pyarrow as pa
     from feast.utils import _convert_arrow_to_proto
 
-    from conftest import dedicated_valkey
+    from helpers import dedicated_valkey
     from features.online_store import arrow_writes, row_writes
 
     settings = isolated(stack, tmp_path, "ser")
@@ -275,7 +275,7 @@ def test_cluster_writes_follow_the_scripts_rule(stack, exports, tmp_path):
 
     from features.online_store import PlatformRedisOnlineStore, arrow_writes
 
-    from conftest import dedicated_valkey
+    from helpers import dedicated_valkey
 
     settings = isolated(stack, tmp_path, "rule")
     ingest_exports(settings, exports[-3:])

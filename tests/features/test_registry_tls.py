@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from conftest import cli_env, free_port, isolated, make_pki, run_cli
+from helpers import cli_env, free_port, isolated, make_pki, run_cli
 from features import store as fs
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from datetime import date, datetime, timezone
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from etl import features as spec
 from etl import ingest as ing
 from etl import layout

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, make_pki, run_cli
+from helpers import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, make_pki, run_cli
 from features import online
 from features import store as fs
 from monitoring import health

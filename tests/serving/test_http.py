@@ -18,7 +18,7 @@ import redis
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli, served_history
+from helpers import ROOT, Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli, served_history
 from etl import features as spec
 from etl import layout
 from features import online

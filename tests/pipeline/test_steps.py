@@ -56,7 +56,7 @@ def test_the_backfill_window_defaults_to_the_exports_present():
 
 @pytest.mark.integration
 def test_a_nightly_run_plans_every_export_since_the_last_published_oldest_first(stack, tmp_path):
-    from conftest import isolated
+    from helpers import isolated
     from core import s3
     from etl import layout
 

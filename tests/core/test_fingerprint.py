@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import cli_env, isolated, run_cli, served_history
+from helpers import cli_env, isolated, run_cli, served_history
 from core import s3
 from core.fingerprint import code_fingerprint
 from etl import features as spec

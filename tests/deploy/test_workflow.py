@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "feature-definitions.yml"
 

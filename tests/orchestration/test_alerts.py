@@ -8,7 +8,7 @@ import email
 import pytest
 from aiosmtpd.controller import Controller
 
-from conftest import free_port
+from helpers import free_port
 from orchestration import alerts
 
 
