@@ -246,7 +246,7 @@ class OnlineColumns:
 def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    stamp = datetime.fromisoformat(text)
     stamp = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
     return None if stamp.timestamp() <= 0 else stamp  # Feast answers 1970-01-01 for "no value"
 

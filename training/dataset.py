@@ -78,10 +78,20 @@ def build_labels(settings: Settings, horizon: int = HORIZON) -> pd.DataFrame:
     table = features_table(settings, [spec.ENTITY_KEY, spec.TIMESTAMP, spec.LABEL])
     if table.num_rows == 0:
         raise DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first")
-    frame = table.to_pandas()
+    rows = labels_from(table.to_pandas(), horizon)
+    log.info("built %d label rows (%d positive) over %d extractions, horizon %d extractions",
+             len(rows), int(rows[LABEL].sum()), rows[spec.TIMESTAMP].nunique(), horizon)
+    return rows
+
+
+def labels_from(frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """Label rows from every extraction's (employee, event time, left) rows.
+
+    A row is an employee still there at an extraction whose ``horizon`` later extractions are all
+    known; its label is 1 when the employee is first seen as left within those extractions."""
     extractions = sorted(frame[spec.TIMESTAMP].unique())
     index = {t: i for i, t in enumerate(extractions)}
-    frame["extraction"] = frame[spec.TIMESTAMP].map(index)
+    frame = frame.assign(extraction=frame[spec.TIMESTAMP].map(index))
     left_at = frame[frame[spec.LABEL] == 1].groupby(spec.ENTITY_KEY)["extraction"].min().rename("left_at")
     frame = frame.join(left_at, on=spec.ENTITY_KEY)
     still_there = frame["left_at"].isna() | (frame["extraction"] < frame["left_at"])
@@ -90,8 +100,6 @@ def build_labels(settings: Settings, horizon: int = HORIZON) -> pd.DataFrame:
     rows[LABEL] = ((rows["left_at"] > rows["extraction"]) &
                    (rows["left_at"] <= rows["extraction"] + horizon)).astype("int64")
     rows = rows[[spec.ENTITY_KEY, spec.TIMESTAMP, LABEL]].sort_values([spec.TIMESTAMP, spec.ENTITY_KEY])
-    log.info("built %d label rows (%d positive) over %d extractions, horizon %d extractions",
-             len(rows), int(rows[LABEL].sum()), rows[spec.TIMESTAMP].nunique(), horizon)
     return rows.reset_index(drop=True)
 
 
@@ -116,9 +124,14 @@ def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFra
     if keys.duplicated().any():
         raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")
     retrieved = store.get_historical_features(entity_df=keys, features=store.get_feature_service(service)).to_df()
-    retrieved[spec.TIMESTAMP] = pd.to_datetime(retrieved[spec.TIMESTAMP], utc=True)
-    left = entity_df.copy()
-    left[spec.TIMESTAMP] = pd.to_datetime(left[spec.TIMESTAMP], utc=True)
+    return join_back(entity_df, retrieved, names)
+
+
+def join_back(entity_df: pd.DataFrame, retrieved: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """The offline store's rows joined back onto the entity dataframe by (employee, event time):
+    every entity row once, in its order, nulls where nothing was retrieved, features in ``names`` order."""
+    retrieved = retrieved.assign(**{spec.TIMESTAMP: pd.to_datetime(retrieved[spec.TIMESTAMP], utc=True)})
+    left = entity_df.assign(**{spec.TIMESTAMP: pd.to_datetime(entity_df[spec.TIMESTAMP], utc=True)})
     merged = left.merge(retrieved[[spec.ENTITY_KEY, spec.TIMESTAMP, *names]], on=[spec.ENTITY_KEY, spec.TIMESTAMP],
                         how="left", validate="one_to_one")
     if len(retrieved) != len(left):
