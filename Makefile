@@ -54,8 +54,7 @@ mutate: venv
 	rm -rf mutants
 	$(VENV)/bin/mutmut run
 	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
-	@$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-	  print(f\"mutation score: {s['killed']}/{s['total']} killed ({s['killed'] / s['total']:.1%}), {s['survived']} survived\")"
+	@$(PY) -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); print(f\"mutation score: {s['killed']}/{s['total']} killed ({s['killed'] / s['total']:.1%}), {s['survived']} survived, {s['no_tests']} not run by the unit tests\")"
 	@$(VENV)/bin/mutmut results
 
 # Re-pin requirements.txt after editing requirements.in.

@@ -185,7 +185,9 @@ def _materialized_until(settings: Settings) -> datetime | None:
 def check(settings: Settings, *, now: datetime | None = None, sample: int | None = None,
           max_staleness: timedelta | None = None, coverage_tolerance: float = 0.0,
           memory_warn_ratio: float = 0.8, use_registry: bool = True, save: bool = True) -> HealthReport:
-    """Check the online store; ``now`` can be moved forward to test staleness."""
+    """Check the online store; ``now`` can be moved forward to test staleness.
+
+    This function reads (Redis, S3, the registry); the ``judge_*`` functions decide."""
     from features.definitions import FEATURE_TTL
 
     started = time.perf_counter()
@@ -202,37 +204,16 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     dates = list_partitions(settings)
     active: set[int] = set()
     if dates:
-        latest = dates[-1]
-        report.latest_extraction = latest.isoformat()
-        active = set(online.active_ids(settings, latest).tolist())
-        report.active_expected = len(active)
-        missing = active - served.keys()
-        report.active_missing = len(missing)
-        report.inactive_served = len(served.keys() - active)
-        if active and len(missing) > coverage_tolerance * len(active):
-            report.problems.append(f"{len(missing)} of {len(active)} active employees have no online features "
-                                   f"(e.g. {sorted(missing)[:5]}); tolerance {coverage_tolerance:.1%}")
-        if report.inactive_served:
-            report.warnings.append(f"{report.inactive_served} entities online are not active in the newest extraction")
+        report.latest_extraction = dates[-1].isoformat()
+        active = set(online.active_ids(settings, dates[-1]).tolist())
+        judge_coverage(report, active, set(served), coverage_tolerance)
     else:
         report.problems.append(f"no published features partition under s3://{settings.s3_bucket}/{settings.s3_features_prefix}")
 
-    ids = sorted(served)
-    if sample is not None and sample < len(ids):
-        step = len(ids) / sample
-        ids = [ids[int(i * step)] for i in range(sample)]
+    ids = sampled_ids(sorted(served), sample)
     stamps = read_timestamps(client, [served[i] for i in ids])
-    report.sampled = len(stamps)
-    ages = [(now - s).total_seconds() for s in stamps if s is not None]
-    if ages:
-        report.age_seconds = {"oldest": max(ages), "median": statistics.median(ages), "newest": min(ages)}
     latest_ts = spec.extraction_timestamp(dates[-1]) if dates else None
-    stale = [i for i, s in zip(ids, stamps)
-             if i in active and (s is None or now - s > allowed or (latest_ts and s < latest_ts))]
-    report.stale_active = len(stale)
-    if stale:
-        report.problems.append(f"{len(stale)} active employees are served values older than the newest extraction "
-                               f"({report.latest_extraction}) or than {allowed} (e.g. {stale[:5]})")
+    judge_freshness(report, ids, stamps, active, now, allowed, latest_ts)
     if use_registry:
         until = _materialized_until(settings)
         report.materialized_until = until.isoformat() if until else None
@@ -247,7 +228,55 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     report.maxmemory_policy = str(memory.get("maxmemory_policy", ""))
     current = {"run_id": server.get("run_id"), "evicted_keys": int(stats.get("evicted_keys", 0)),
                "expired_keys": int(stats.get("expired_keys", 0)), "at": now.isoformat()}
-    previous = load_state(settings) if save else None
+    judge_counters(report, load_state(settings) if save else None, current)
+    judge_memory(report, memory_warn_ratio)
+    if save:
+        save_state(settings, current)
+    client.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def sampled_ids(ids: list[int], sample: int | None) -> list[int]:
+    """``sample`` ids spread evenly over the sorted ``ids`` (all of them without a sample)."""
+    if sample is None or sample >= len(ids):
+        return ids
+    step = len(ids) / sample
+    return [ids[int(i * step)] for i in range(sample)]
+
+
+def judge_coverage(report: HealthReport, active: set[int], served: set[int], tolerance: float) -> None:
+    """Active employees missing online fail above ``tolerance`` (a share of the active ones);
+    entities served that are no longer active are a warning."""
+    missing = active - served
+    report.active_expected = len(active)
+    report.active_missing = len(missing)
+    report.inactive_served = len(served - active)
+    if active and len(missing) > tolerance * len(active):
+        report.problems.append(f"{len(missing)} of {len(active)} active employees have no online features "
+                               f"(e.g. {sorted(missing)[:5]}); tolerance {tolerance:.1%}")
+    if report.inactive_served:
+        report.warnings.append(f"{report.inactive_served} entities online are not active in the newest extraction")
+
+
+def judge_freshness(report: HealthReport, ids: list[int], stamps: list[datetime | None], active: set[int],
+                    now: datetime, allowed: timedelta, latest: datetime | None) -> None:
+    """Ages of the served values; an active employee whose value is absent, older than ``allowed``
+    or older than the newest extraction is stale."""
+    report.sampled = len(stamps)
+    ages = [(now - s).total_seconds() for s in stamps if s is not None]
+    if ages:
+        report.age_seconds = {"oldest": max(ages), "median": statistics.median(ages), "newest": min(ages)}
+    stale = [i for i, s in zip(ids, stamps)
+             if i in active and (s is None or now - s > allowed or (latest is not None and s < latest))]
+    report.stale_active = len(stale)
+    if stale:
+        report.problems.append(f"{len(stale)} active employees are served values older than the newest extraction "
+                               f"({report.latest_extraction}) or than {allowed} (e.g. {stale[:5]})")
+
+
+def judge_counters(report: HealthReport, previous: dict | None, current: dict) -> None:
+    """Evictions and expirations since the previous check; counters restart with Redis (a new run_id)."""
     if previous and previous.get("run_id") == current["run_id"]:
         report.evicted_since_last = current["evicted_keys"] - previous["evicted_keys"]
         report.expired_since_last = current["expired_keys"] - previous["expired_keys"]
@@ -259,18 +288,16 @@ def check(settings: Settings, *, now: datetime | None = None, sample: int | None
     if report.evicted_since_last > 0:
         report.problems.append(f"Redis evicted {report.evicted_since_last} keys since the previous check "
                                f"(policy {report.maxmemory_policy}, maxmemory {report.maxmemory})")
+
+
+def judge_memory(report: HealthReport, warn_ratio: float) -> None:
     if not report.maxmemory:
         report.warnings.append("maxmemory is not set: Redis can grow until its container is killed for memory")
-    elif report.memory_ratio > memory_warn_ratio:
+    elif report.memory_ratio > warn_ratio:
         report.warnings.append(f"memory at {report.memory_ratio:.0%} of maxmemory")
     if report.maxmemory_policy in EVICTING_ALL_KEYS:
         report.warnings.append(f"maxmemory-policy {report.maxmemory_policy} can evict Feast keys, which have no TTL; "
                                f"prefer noeviction (writes fail loudly) or volatile-*")
-    if save:
-        save_state(settings, current)
-    client.close()
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def prometheus_text(report: HealthReport, project: str) -> str:
