@@ -268,6 +268,33 @@ def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microse
         assert len(_dump(ours)) == batch.num_rows
         assert _dump(ours) == _dump(stock)
 
+        # One batch holding employees twice at different event times, in both orders: a newer row
+        # before the current one, an older row after it. The newest wins on both paths.
+        def shifted(rows_of, delta):
+            moved = [t + delta for t in rows_of[spec.TIMESTAMP].to_pylist()]
+            return rows_of.set_column(rows_of.schema.get_field_index(spec.TIMESTAMP), spec.TIMESTAMP,
+                                      pa.array(moved, rows_of[spec.TIMESTAMP].type))
+
+        newer = shifted(table.slice(10, 10), timedelta(days=1)).set_column(
+            table.schema.get_field_index("tenure"), "tenure", pa.array([99] * 10, table["tenure"].type))
+        older = shifted(table.slice(0, 10), -timedelta(days=1)).set_column(
+            table.schema.get_field_index("tenure"), "tenure", pa.array([-1] * 10, table["tenure"].type))
+        mixed = pa.concat_tables([newer, table, older]).combine_chunks().to_batches()[0]
+        mixed_rows = _convert_arrow_to_proto(mixed, view, {e.name: e.dtype.to_value_type() for e in view.entity_columns})
+        for client in (stock, ours):
+            client.flushdb()
+        feast_store._get_provider().online_store.online_write_batch(feast_store.config, view, mixed_rows, None)
+        mine._get_provider().online_store.online_write_arrow(mine.config, view, mixed)
+        assert _dump(ours) == _dump(stock)
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        tenure_field = online.feature_fields(names=["tenure"])[0]
+        tenure = {r["employee_id"]: Value.FromString(ours.hget(online.redis_key(settings.feast_project,
+                                                                                r["employee_id"]), tenure_field)).int64_val
+                  for r in table.slice(0, 20).to_pylist()}
+        original = table["tenure"].to_pylist()
+        assert list(tenure.values()) == original[:10] + [99] * 10, "the newest row of each employee is served"
+
 
 def test_cluster_writes_follow_the_scripts_rule(stack, exports, tmp_path):
     """A Redis Cluster takes two pipelined passes instead of the script: same rule, same bytes."""
