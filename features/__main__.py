@@ -23,7 +23,6 @@ from core import log as logsetup
 from core import settings as settings_mod
 from core.s3 import StorageError
 from features import online
-from features.store import registry_error
 from features import store as fs
 
 
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except sqlalchemy.exc.OperationalError as exc:
-        print(f"error: the feature registry at {settings.registry_location} failed: {registry_error(exc)}. "
+        print(f"error: the feature registry at {settings.registry_location} failed: {fs.registry_error(exc)}. "
               "Nothing was changed; re-run once it answers (check FP_REGISTRY_URL and its TLS settings).",
               file=sys.stderr)
         return 3

@@ -125,10 +125,19 @@ class Writes:
         return len(self.keys)
 
 
-def _serialized_stamp(event_time: datetime) -> Timestamp:
+def _stamp(event_time: datetime) -> tuple[int, int, bytes]:
+    """An event time as Feast's Redis store writes it: (seconds, nanos, serialized Timestamp)."""
     stamp = Timestamp()
     stamp.FromDatetime(make_tzaware(event_time))
-    return stamp
+    return stamp.seconds, stamp.nanos, stamp.SerializeToString()
+
+
+def _writes(keys: list[bytes], stamps: list[tuple[int, int, bytes]], view, config: RepoConfig,
+            features: list[str], values: list[list[bytes]]) -> Writes:
+    name = _versioned_fv_name(view, config)
+    seconds, nanos, serialized = (list(column) for column in zip(*stamps)) if stamps else ([], [], [])
+    return Writes(keys=keys, seconds=seconds, nanos=nanos, stamps=serialized,
+                  fields=[_mmh3(f"{name}:{feature}") for feature in features], values=values)
 
 
 def _by_distinct_value(values: np.ndarray, convert: Callable[[np.ndarray], list]) -> list:
@@ -172,7 +181,6 @@ def arrow_writes(config: RepoConfig, view, batch: pa.RecordBatch) -> Writes:
     """An Arrow batch as Feast's ``_convert_arrow_to_proto`` and ``online_write_batch`` would write it:
     the same keys, field names and serialized values and timestamps, computed per distinct value."""
     join_keys = {entity.name: entity.dtype.to_value_type() for entity in view.entity_columns}
-    name = _versioned_fv_name(view, config)
     values = []
     for field in view.features:
         value_type = field.dtype.to_value_type()
@@ -181,24 +189,18 @@ def arrow_writes(config: RepoConfig, view, batch: pa.RecordBatch) -> Writes:
             lambda distinct, t=value_type: [v.SerializeToString() for v in python_values_to_proto_values(distinct, t)]))
     # As Feast: pandas datetimes, coerced to Python datetimes, made timezone-aware, then Timestamp.
     times = batch.column(view.batch_source.timestamp_field).to_numpy(zero_copy_only=False)
-    stamps = _by_distinct_value(times, lambda distinct: [_serialized_stamp(_coerce_datetime(t))
-                                                         for t in pd.to_datetime(distinct)])
-    return Writes(keys=_arrow_keys(config, join_keys, batch), seconds=[s.seconds for s in stamps],
-                  nanos=[s.nanos for s in stamps], stamps=[s.SerializeToString() for s in stamps],
-                  fields=[_mmh3(f"{name}:{field.name}") for field in view.features], values=values)
+    stamps = _by_distinct_value(times, lambda distinct: [_stamp(_coerce_datetime(t)) for t in pd.to_datetime(distinct)])
+    return _writes(_arrow_keys(config, join_keys, batch), stamps, view, config,
+                   [field.name for field in view.features], values)
 
 
 def row_writes(config: RepoConfig, view, data: list[Row]) -> Writes:
     """Feast's rows (entity key, values, event time), serialized as Feast's own Redis store does."""
-    name = _versioned_fv_name(view, config)
     features = list(data[0][1]) if data else []
-    stamps = [_serialized_stamp(event_time) for _, _, event_time, _ in data]
-    return Writes(
-        keys=[_redis_key(config.project, key, entity_key_serialization_version=config.entity_key_serialization_version)
-              for key, _, _, _ in data],
-        seconds=[s.seconds for s in stamps], nanos=[s.nanos for s in stamps],
-        stamps=[s.SerializeToString() for s in stamps], fields=[_mmh3(f"{name}:{f}") for f in features],
-        values=[[values[f].SerializeToString() for _, values, _, _ in data] for f in features])
+    keys = [_redis_key(config.project, key, entity_key_serialization_version=config.entity_key_serialization_version)
+            for key, _, _, _ in data]
+    return _writes(keys, [_stamp(event_time) for _, _, event_time, _ in data], view, config, features,
+                   [[values[f].SerializeToString() for _, values, _, _ in data] for f in features])
 
 
 class PlatformRedisOnlineStoreConfig(RedisOnlineStoreConfig):

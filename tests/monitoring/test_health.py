@@ -106,6 +106,16 @@ def test_a_leaver_still_served_is_reported(materialized):
     assert health.check(materialized, save=False).inactive_served == 0
 
 
+def fill(client, keys: int) -> None:
+    """``keys`` values of 2 KB each: a few thousand overflow a 3 MB server, which must evict."""
+    payload = b"x" * 2048
+    for start in range(0, keys, 500):
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(start, start + 500):
+                pipe.set(f"filler:{i}", payload)
+            pipe.execute()
+
+
 @pytest.fixture
 def evicting_server(tmp_path):
     with dedicated_valkey(tmp_path, "--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru") as server:
@@ -114,18 +124,12 @@ def evicting_server(tmp_path):
 
 def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting_server):
     port, client = evicting_server
-    settings = replace(materialized, redis_url=f"redis://127.0.0.1:{port}/0",
-                       s3_features_prefix=materialized.s3_features_prefix)
+    settings = replace(materialized, redis_url=f"redis://127.0.0.1:{port}/0")
     first = health.check(settings, use_registry=False)
     assert first.evicted_since_last == 0 and first.maxmemory == 3 * 1024 * 1024
     assert not any("maxmemory is not set" in w for w in first.warnings)
     assert any("allkeys-lru can evict Feast keys" in w for w in first.warnings)
-    payload = b"x" * 2048
-    for start in range(0, 4000, 500):  # ~8 MB into a 3 MB server: it must evict
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(start, start + 500):
-                pipe.set(f"filler:{i}", payload)
-            pipe.execute()
+    fill(client, 4000)  # ~8 MB into a 3 MB server
     assert int(client.info("stats")["evicted_keys"]) > 0
     report = health.check(settings, use_registry=False)
     recorded = health.load_state(settings)["evicted_keys"]
@@ -146,20 +150,10 @@ def test_unreachable_redis_is_a_clear_error(materialized):
 def test_a_restarted_redis_counts_its_evictions_from_zero_and_says_so(materialized, tmp_path):
     """Eviction counters restart with Redis: the previous check's baseline is then meaningless, and
     everything the restarted server counted is new."""
-    settings = replace(materialized, s3_features_prefix=materialized.s3_features_prefix)
-    payload = b"x" * 2048
-
-    def evict(client, keys: int) -> None:
-        for start in range(0, keys, 500):
-            with client.pipeline(transaction=False) as pipe:
-                for i in range(start, start + 500):
-                    pipe.set(f"filler:{i}", payload)
-                pipe.execute()
-
     args = ("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru", "--enable-debug-command", "yes")
     with dedicated_valkey(tmp_path, *args) as (port, client):
-        server = replace(settings, redis_url=f"redis://127.0.0.1:{port}/0")
-        evict(client, 6000)
+        server = replace(materialized, redis_url=f"redis://127.0.0.1:{port}/0")
+        fill(client, 6000)
         health.check(server, use_registry=False)
         evicted_before = health.load_state(server)["evicted_keys"]  # the baseline the next check finds
         assert evicted_before > 0
@@ -174,7 +168,7 @@ def test_a_restarted_redis_counts_its_evictions_from_zero_and_says_so(materializ
             except redis.ConnectionError:
                 assert time.monotonic() < deadline, "the server did not come back"
                 time.sleep(0.1)
-        evict(client, 4000)
+        fill(client, 4000)
         report = health.check(server, use_registry=False)
     evicted_after = health.load_state(server)["evicted_keys"]  # the counter as the check read it
     assert 0 < evicted_after < evicted_before, "fewer than the baseline, so a subtraction would go negative"
