@@ -112,13 +112,19 @@ class Proxy:
         self.sockets: list[socket.socket] = [self.listener]
         threading.Thread(target=self._accept, daemon=True).start()
 
+    # A socket is closed only by the thread that uses it, after its relays ended: closing it from
+    # another thread frees its descriptor number while a relay may still read or write through it,
+    # and a file this process opens next (a SQLite registry) would receive the proxy's bytes.
+    # ``close`` shuts the sockets down instead, which ends every relay and keeps the numbers taken.
+
     def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
+        with self.listener:
+            while True:
+                try:
+                    client, _ = self.listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client):
         if self.tls is not None:
@@ -127,10 +133,13 @@ class Proxy:
             except OSError:  # ssl.SSLError included: the client refused the certificate
                 client.close()
                 return
-        upstream = socket.create_connection(("127.0.0.1", self.target))
-        self.sockets += [client, upstream]
-        threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True).start()
-        self._relay(client, upstream, True)
+        with client, socket.create_connection(("127.0.0.1", self.target)) as upstream:
+            self.sockets += [client, upstream]
+            back = threading.Thread(target=self._relay, args=(upstream, client, False), daemon=True)
+            back.start()
+            self._relay(client, upstream, True)
+            _shut(client, upstream)  # the client is done: end the other direction too
+            back.join()
 
     def _relay(self, source: socket.socket, sink: socket.socket, requests: bool):
         while True:
@@ -152,8 +161,15 @@ class Proxy:
                     return
 
     def close(self):
-        for sock in self.sockets:
-            sock.close()
+        _shut(*self.sockets)
+
+
+def _shut(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # not connected, or already shut or closed
+            pass
 
 
 class WebhookListener:
