@@ -1,7 +1,8 @@
 """The one owner of online reads: who is served, where their values are, and how a vector is built.
 
 Everything that reads served features goes through here: ``python -m features online``,
-prediction (CLI and the inference API), the skew check, the demo and the online store check.
+prediction (CLI and the inference API), the skew check, the demo, the online store check and the
+feature server's reads of a feature service (``ServiceRead``: Feast's answer, read directly).
 
 * **Redis layout**: Feast's own (one hash per employee, a field per feature, ``_ts:<view>``);
   ``redis_key`` and ``feature_fields`` spell it out for the few places that touch Redis directly.
@@ -18,6 +19,7 @@ prediction (CLI and the inference API), the skew check, the demo and the online 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -241,6 +243,105 @@ class OnlineColumns:
     employee_ids: list[int]
     values: dict[str, list] = field(default_factory=dict)
     event_times: dict[str, list[datetime | None]] = field(default_factory=dict)
+
+
+class ServiceRead:
+    """Feast's ``/get-online-features`` answer for one feature service, read straight from Redis.
+
+    The feature server's hot path. Feast's own read (``get_online_features_async``) builds entity
+    protos, a protobuf response and then its JSON form for every request: measured on 2 cores,
+    0.75 ms of a request's 0.85 ms in process. This takes the same steps with Feast's own pieces
+    and skips the intermediate protobuf: the request context Feast resolves and caches for the
+    service, the Redis client, keys and hash fields of Feast's Redis store, its parse of a hash
+    (``_get_features_for_entity``) and its JSON form of values and timestamps. The answer is the
+    same bytes as Feast's route (tests/serving/test_http.py compares them on present, unknown,
+    repeated, departed and incomplete employees).
+
+    ``plan`` returns None for anything but the plain case (one feature view of Feast's Redis store,
+    one integer join key, no on-demand or request features): Feast's own route answers those.
+    """
+
+    def __init__(self, store, table, join_key: str, requested: list[str], full_feature_names: bool):
+        from feast.infra.online_stores.redis import _versioned_fv_name
+
+        self._store = store
+        self._online = store._get_provider().online_store
+        self._view = _versioned_fv_name(table, store.config)
+        self._requested, self._fields = self._online._generate_hset_keys_for_features(
+            table, list(requested), fv_name_override=self._view)
+        self.view_name = table.name
+        self.join_key = join_key
+        names = [n for n in self._requested if not n.startswith("_ts:")]
+        self._names = names
+        prefix = f"{table.projection.name_to_use()}__" if full_feature_names else ""
+        self.feature_names = [join_key, *(prefix + n for n in names)]
+
+    @classmethod
+    def plan(cls, store, service, full_feature_names: bool) -> "ServiceRead | None":
+        from feast import utils as feast_utils
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from feast.value_type import ValueType
+
+        if not isinstance(store._get_provider().online_store, RedisOnlineStore):
+            return None
+        (_, on_demand, _, entity_types, join_keys, grouped_refs, _, request_data,
+         entityless) = feast_utils._get_cached_request_context(store.registry, store.project, service, full_feature_names)
+        join_keys = set(join_keys) - {"__dummy_id"}
+        if on_demand or request_data or entityless or len(grouped_refs) != 1 or len(join_keys) != 1:
+            return None
+        (join_key,) = join_keys
+        table, requested = grouped_refs[0]
+        if entity_types.get(join_key) != ValueType.INT64 or [e.name for e in table.entity_columns] != [join_key]:
+            return None
+        return cls(store, table, join_key, requested, full_feature_names)
+
+    def accepts(self, entities: dict) -> bool:
+        """Only what Feast would read as-is: the join key alone, with int64 ids."""
+        ids = entities.get(self.join_key)
+        return (len(entities) == 1 and bool(ids)
+                and all(type(i) is int and -2**63 <= i < 2**63 for i in ids))
+
+    async def read(self, ids: list[int]) -> dict:
+        """Feast's answer in its JSON form (``convert_response_to_dict``), for ``ids`` in order."""
+        from feast.feature_server_utils import _value_to_native
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        config = self._store.config
+        keys = self._online._generate_redis_keys_for_entities(
+            config, [EntityKey(join_keys=[self.join_key], entity_values=[Value(int64_val=i)]) for i in ids])
+        client = await self._online._get_client_async(config.online_store)
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, self._fields)
+            rows = await pipe.execute()
+        columns: list[list] = [[] for _ in self._names]
+        stamps = []
+        for row in rows:
+            stamp, values = self._online._get_features_for_entity(row, self._view, self._requested)
+            stamps.append(_feast_time(stamp))
+            for column, name in zip(columns, self._names):
+                column.append(_value_to_native(values[name]))
+        count = len(ids)
+        present = ["PRESENT"] * count
+        results = [{"values": list(ids), "statuses": present, "event_timestamps": [_EPOCH] * count}]
+        results += [{"values": column, "statuses": present, "event_timestamps": stamps} for column in columns]
+        return {"results": results, "metadata": {"feature_names": self.feature_names}}
+
+
+_EPOCH = "1970-01-01T00:00:00Z"  # Feast's event time of an entity column
+
+
+@functools.lru_cache(maxsize=4096)
+def _feast_time(stamp: datetime | None) -> str:
+    """An event time as Feast's response carries it (through a protobuf Timestamp); few distinct ones."""
+    from feast.feature_server_utils import _timestamp_to_str
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    proto = Timestamp()
+    if stamp is not None:
+        proto.FromDatetime(stamp)
+    return _timestamp_to_str(proto)
 
 
 def _parse_time(text: str | None) -> datetime | None:

@@ -240,7 +240,8 @@ def create_app(settings: Settings) -> FastAPI:
     class Unauthorized(Exception):
         pass
 
-    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        # async: FastAPI runs a plain def dependency on a worker thread, a thread hop per request
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise Unauthorized()
 
@@ -264,12 +265,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/employees/{employee_id}/attrition", dependencies=[Depends(authorized)])
     async def one(employee_id: int = Path(gt=0, description="HR EmployeeNumber")):
-        return (await predictor.predict([employee_id]))[0]
+        # Plain JSON types already: a JSONResponse skips FastAPI's jsonable_encoder walk.
+        return JSONResponse((await predictor.predict([employee_id]))[0])
 
     @app.post("/v1/attrition", dependencies=[Depends(authorized)])
     async def batch(request: BatchRequest = Body()):
         ids = list(dict.fromkeys(request.employee_ids))
-        return {"results": await predictor.predict(ids)}
+        return JSONResponse({"results": await predictor.predict(ids)})
 
     @app.get("/healthz")
     async def healthz():
@@ -293,3 +295,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
     app = create_app(settings)
     log.info("inference API on %s:%d, features from %s", host, port, settings.feature_server_url)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
+

@@ -125,8 +125,9 @@ def test_the_feature_server_answers_the_reference_smoke_request(served):
 
 
 def test_feature_service_reads_answer_byte_for_byte_as_feasts_own_route(served):
-    """The event-loop route for feature services and Feast's route, in process over the same Redis:
-    identical bodies for reads, and every other request (errors included) is Feast's own answer."""
+    """The direct read of feature services (features.online.ServiceRead) and Feast's route, in process
+    over the same Redis: identical bodies for present, unknown, repeated, departed and incomplete
+    employees; every other request (errors, other shapes) is Feast's own answer."""
     import asyncio
 
     from feast import feature_server as feast_server
@@ -135,36 +136,66 @@ def test_feature_service_reads_answer_byte_for_byte_as_feasts_own_route(served):
 
     settings, _, _, _, _ = served
     store = fs.open_store(settings)
-    ids = [i for i, r in _rows(settings).items() if r["is_active"]][:3]
+    rows = _rows(settings)
+    ids = [i for i, r in rows.items() if r["is_active"]][:3]
+    leaver = next(i for i, r in rows.items() if not r["is_active"])
+    client = redis.Redis.from_url(settings.redis_url)
+    fields = online.feature_fields()
+    # An employee whose hash lacks a feature and one whose hash holds nothing but an event time.
+    incomplete, only_time = 10**8, 10**8 + 1
+    stored = client.hmget(online.redis_key(settings.feast_project, ids[0]), fields)
+    client.hset(online.redis_key(settings.feast_project, incomplete), mapping=dict(zip(fields[1:], stored[1:])))
+    moment = Timestamp()
+    moment.ParseFromString(stored[-1])
+    moment.nanos = 123_456_789  # a time with a fraction of a second, as Feast's response shows it
+    client.hset(online.redis_key(settings.feast_project, only_time), fields[-1], moment.SerializeToString())
     reads = FeatureServiceReads(store, ttl_seconds=60)
     feast_app = feast_server.get_app(store)
     ours = ReadOnly(feast_server.get_app(store), reads)
-    requests = [{"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}},
-                {"feature_service": "attrition_model_v1", "entities": {"employee_id": [ids[0], 10**9]}},
-                {"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}, "full_feature_names": True},
-                {"feature_service": "attrition_model_v1", "entities": {"employe_id": ids}},
-                {"features": ["employee_features:tenure"], "entities": {"employee_id": ids}},
-                {"feature_service": "no_such_service", "entities": {"employee_id": ids}},
-                "{not json"]
+    service = "attrition_model_v1"
+    requests = {
+        "present": ({"feature_service": service, "entities": {"employee_id": ids}}, True),
+        "unknown": ({"feature_service": service, "entities": {"employee_id": [ids[0], 10**9]}}, True),
+        "repeated": ({"feature_service": service, "entities": {"employee_id": [ids[1], ids[0], ids[1]]}}, True),
+        "departed": ({"feature_service": service, "entities": {"employee_id": [leaver]}}, True),
+        "incomplete": ({"feature_service": service, "entities": {"employee_id": [incomplete, only_time]}}, True),
+        "full names": ({"feature_service": service, "entities": {"employee_id": ids}, "full_feature_names": True},
+                       True),
+        "version metadata": ({"feature_service": service, "entities": {"employee_id": ids},
+                              "include_feature_view_version_metadata": True}, False),
+        "id as text": ({"feature_service": service, "entities": {"employee_id": [str(ids[0])]}}, False),
+        "id as float": ({"feature_service": service, "entities": {"employee_id": [float(ids[0])]}}, False),
+        "id beyond int64": ({"feature_service": service, "entities": {"employee_id": [2**63]}}, False),
+        "no ids": ({"feature_service": service, "entities": {"employee_id": []}}, False),
+        "extra entity key": ({"feature_service": service, "entities": {"employee_id": ids, "team": [1, 2, 3]}},
+                             False),
+        "misspelt key": ({"feature_service": service, "entities": {"employe_id": ids}}, False),
+        "feature list": ({"features": ["employee_features:tenure"], "entities": {"employee_id": ids}}, False),
+        "unknown service": ({"feature_service": "no_such_service", "entities": {"employee_id": ids}}, False),
+        "not json": ("{not json", False),
+    }
 
     async def compare():
-        taken = []
+        taken = {}
         async with httpx.AsyncClient(transport=httpx.ASGITransport(feast_app, raise_app_exceptions=False),
                                      base_url="http://feast") as feast_client, \
                 httpx.AsyncClient(transport=httpx.ASGITransport(ours, raise_app_exceptions=False),
                                   base_url="http://ours") as our_client:
-            for request in requests:
+            for name, (request, _) in requests.items():
                 body = request if isinstance(request, str) else json.dumps(request)
-                taken.append(await reads.answer(body.encode()) is not None)
+                taken[name] = await reads.answer(body.encode()) is not None
                 headers = {"content-type": "application/json"}
                 theirs = await feast_client.post("/get-online-features", content=body, headers=headers)
                 mine = await our_client.post("/get-online-features", content=body, headers=headers)
-                assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content), request
+                assert (mine.status_code, mine.content) == (theirs.status_code, theirs.content), name
         return taken
 
-    # Feature-service requests (a failed read too) are answered by the event-loop route; the
-    # rest fall through to Feast's.
-    assert asyncio.run(compare()) == [True, True, True, True, False, False, False]
+    try:
+        # The plain feature-service reads are answered by the direct read; the rest fall through to Feast's.
+        assert asyncio.run(compare()) == {name: direct for name, (_, direct) in requests.items()}
+    finally:
+        client.delete(online.redis_key(settings.feast_project, incomplete),
+                      online.redis_key(settings.feast_project, only_time))
 
 
 @pytest.mark.parametrize("path", ["/write-to-online-store", "/push", "/materialize", "/materialize-incremental",
