@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from datetime import date, datetime, timedelta, timezone
@@ -127,6 +128,18 @@ def test_train_store_and_promote(trained):
     assert meta["feature_refs"] == [f"employee_features:{n}" for n in spec.FEATURE_NAMES]
     assert len(meta["entity_df_sha256"]) == 64 and meta["libraries"]["feast"] == "0.67.0"
 
+    # The model card says how many test employees were also seen in training, recounted here from
+    # the stored label rows and the split (no rows lack features in this history).
+    assert meta["dropped_rows_missing_features"] == 0
+    labels = pd.read_parquet(io.BytesIO(s3.get_bytes(settings, prefix + "entity_df.parquet")))
+    train = labels[labels["event_timestamp"] <= pd.Timestamp(meta["train_until"])]
+    test = labels[labels["event_timestamp"] >= pd.Timestamp(meta["split_at"])]
+    overlap = len(set(test["employee_id"]) & set(train["employee_id"]))
+    assert (meta["test_employees_also_in_training"], meta["test_employees"]) == (overlap, test["employee_id"].nunique())
+    assert overlap > 0, "monthly snapshots of the same employees: the card has something to say"
+    card = s3.get_bytes(settings, prefix + "model_card.md").decode()
+    assert f"{overlap} of the {test['employee_id'].nunique()} test" in card
+
 
 def test_only_a_model_reaching_the_minimum_roc_auc_is_promoted(trained, monkeypatch):
     settings, store, _ = trained
@@ -197,6 +210,17 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
         assert any(m.startswith(f"employee {newest}: career_velocity") for m in report.mismatches), report.mismatches
         assert any(m.startswith(f"employee {other}:") and "stamped" in m for m in report.mismatches), report.mismatches
         assert report.by_feature["career_velocity"] == 1
+
+        # Above the limit, a random sample that differs from run to run (the DAG seeds it with the
+        # run id) and is the same for the same seed: the changed employee is caught by some seeds,
+        # missed by others, never by a fixed set.
+        half = report.active // 2
+        samples = {seed: model.skew_check(store, settings, seed=seed, limit=half) for seed in range(12)}
+        assert all(r.checked == half and r.seed == seed and f"(seed {seed})" in r.summary() for seed, r in samples.items())
+        caught = {seed for seed, r in samples.items() if any(m.startswith(f"employee {newest}:") for m in r.mismatches)}
+        assert 0 < len(caught) < len(samples), caught
+        again = model.skew_check(store, settings, seed=min(caught), limit=half)
+        assert again.mismatches == samples[min(caught)].mismatches
     finally:
         client.hset(key, mapping=saved)
         client.hset(other_key, mapping=other_saved)
