@@ -25,7 +25,7 @@ import redis
 from core import s3
 from core import settings as settings_mod
 from etl import generate as gen
-from etl import ingest as ing
+from pipeline import ingest as ing
 
 AS_OF = date(2026, 10, 31)
 
@@ -118,7 +118,7 @@ def _prepare_materialization(entities: int) -> settings_mod.Settings:
     settings = replace(settings, s3_features_prefix=f"bench/features-{entities}")
     # In a process of its own: the ingest's features suite (pandas over every row) must not count
     # in the peak memory measured for materialization.
-    subprocess.run([sys.executable, "-m", "etl", "ingest", str(export_of(entities)), "--as-of", AS_OF.isoformat(),
+    subprocess.run([sys.executable, "-m", "pipeline", "ingest", str(export_of(entities)), "--as-of", AS_OF.isoformat(),
                     "--no-validate"], check=True, capture_output=True,
                    env={**os.environ, "FP_S3_BUCKET": settings.s3_bucket,
                         "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix})

@@ -52,7 +52,7 @@ def _env(settings, **extra) -> dict:
 def prepare(settings) -> int:
     """History ingested, materialized and a model promoted (once; cached in the bench bucket)."""
     from core import s3
-    from etl import ingest as ing
+    from pipeline import ingest as ing
     from features import online
     from features import store as fs
     from training import model

@@ -79,7 +79,7 @@ def feature_backfill():
 
     @task(max_active_tis_per_dagrun=2)
     def reingest(export: dict) -> str:
-        from etl import ingest
+        from pipeline import ingest
 
         result = ingest.ingest(settings_mod.load(), export["source"], date.fromisoformat(export["as_of"]))
         print(result.summary())

@@ -8,7 +8,7 @@ Turns the HR exports that arrived since the last run into served features, every
    between are published too (their leavers would otherwise be labelled as stayers). With none newer
    (a re-run), the newest export again; with the *extraction_date* parameter, exactly that one;
 2. **ingest_exports**: each planned export, oldest first, through the one ingest sequence
-   (`etl.ingest.ingest`, the same as the backfill's and `python -m etl ingest`): the export is kept
+   (`pipeline.ingest.ingest`, the same as the backfill's and `python -m pipeline ingest`): the export is kept
    under the raw prefix as received; Great Expectations suite `raw_hr_export`; the six features are
    computed and staged; suite `employee_features`; the staged partition is published in one
    server-side copy, under the date's lease. A failing batch is quarantined with the reason and stops
@@ -114,7 +114,7 @@ def hr_feature_pipeline():
     def ingest_exports(planned: list[dict]) -> list[str]:
         from datetime import date
 
-        from etl import ingest
+        from pipeline import ingest
         from etl.schema import ContractError
         from expectations.gate import ValidationFailed
 

@@ -49,7 +49,7 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
         timestamp_field=spec.TIMESTAMP,
         created_timestamp_column=spec.CREATED,
         s3_endpoint_override=settings.s3_endpoint_url,
-        description="Features dataset written by `python -m etl ingest`, one partition per extraction date.",
+        description="Features dataset written by `python -m pipeline ingest`, one partition per extraction date.",
     )
     view = FeatureView(
         name="employee_features",

@@ -282,7 +282,7 @@ def corrected_export(source: Path, folder: Path, column: str, employees) -> Path
 
 
 def ingest_exports(settings: Settings, paths: list[Path]) -> None:
-    from etl import ingest as ing
+    from pipeline import ingest as ing
 
     for path in paths:
         ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)

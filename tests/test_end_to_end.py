@@ -15,7 +15,7 @@ import pytest
 
 from helpers import run_cli
 from etl import features as spec
-from etl import ingest as ing
+from pipeline import ingest as ing
 from etl import layout
 from features import online
 from features import store as fs
@@ -68,7 +68,7 @@ def test_online_vector_equals_the_row_written(slice_settings, exports):
 def test_cli_apply_materialize_online_through_subprocesses(stack, exports):
     """The operator's commands, as separate processes sharing only configuration and services."""
     as_of = date(2026, 10, 31)
-    assert run_cli("etl", "ingest", str(exports[-1]), "--as-of", as_of.isoformat()).returncode == 0
+    assert run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", as_of.isoformat()).returncode == 0
     applied = run_cli("features", "apply")
     assert applied.returncode == 0, applied.stderr
     materialized = run_cli("features", "materialize-incremental")

@@ -16,7 +16,7 @@ from helpers import cli_env, isolated, run_cli, served_history
 from core import s3
 from core.fingerprint import code_fingerprint
 from etl import features as spec
-from etl import ingest as ing
+from pipeline import ingest as ing
 from etl import layout
 from features import check, online
 from features import store as fs

@@ -261,7 +261,7 @@ IMAGE_RUNS = {
     # What each image runs: the worker pod's commands; the Airflow tasks' modules.
     "Dockerfile.worker": ["import features.__main__, training.__main__, monitoring.__main__, serving.__main__, "
                           "etl.__main__; from features import store, check; from training import model"],
-    "Dockerfile.airflow": ["import pipeline.steps, orchestration.worker, orchestration.alerts, etl.ingest, "
+    "Dockerfile.airflow": ["import pipeline.steps, orchestration.worker, orchestration.alerts, pipeline.ingest, "
                            "features.store, training.model, monitoring.health, expectations.gate"],
 }
 

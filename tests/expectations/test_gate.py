@@ -16,7 +16,7 @@ import pytest
 
 from helpers import ROOT, run_cli
 from core import s3
-from etl import ingest as ing
+from pipeline import ingest as ing
 from etl import layout
 from etl.layout import partition_key, staging_prefix
 from expectations import gate
@@ -187,7 +187,7 @@ def test_future_extraction_date_is_refused(gate_settings, good_export, tmp_path)
     assert not outcome.passed
     assert outcome.failures[0].rule == "extraction date not in the future"
     assert outcome.quarantine_uri
-    proc = run_cli("etl", "ingest", str(path), "--as-of", future.isoformat())
+    proc = run_cli("pipeline", "ingest", str(path), "--as-of", future.isoformat())
     assert proc.returncode == 1 and "extraction date not in the future" in proc.stderr, proc.stderr
     assert not s3.exists(gate_settings, partition_key(gate_settings, future))
 

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import cli_env, corrected_export, ingest_exports, isolated
 from etl import features as spec
-from etl import ingest as ing
+from pipeline import ingest as ing
 from etl import layout
 from features import definitions
 from features import online

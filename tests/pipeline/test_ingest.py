@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT, Proxy, cli_env, isolated, run_cli
 from core import s3
 from core.lease import Lease
-from etl import ingest as ing
+from pipeline import ingest as ing
 from etl import layout
 from etl.layout import partition_key, partition_prefix, raw_key
 from etl.generate import export_name
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
     as_of = date(2026, 10, 31)
-    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", as_of.isoformat())
+    proc = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", as_of.isoformat())
     assert proc.returncode == 0, proc.stderr
     assert "rows in" in proc.stdout and "features published to s3://" in proc.stdout
     keys = s3.list_keys(stack, partition_prefix(stack, as_of))
@@ -41,7 +41,7 @@ def test_cli_ingest_publishes_one_partition_and_keeps_raw(stack, exports):
 def test_json_output_says_what_was_written(stack, exports, tmp_path):
     settings = isolated(stack, tmp_path, "json")
     day = date.fromisoformat(exports[-1].stem.removeprefix("hr_export_"))
-    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), "--json",
+    proc = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", day.isoformat(), "--json",
                    env={"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -117,14 +117,14 @@ def test_every_object_the_pipeline_writes_requests_encryption(stack, exports, tm
 
 
 def test_future_date_and_bad_file_are_clear_errors(stack, exports, tmp_path):
-    proc = run_cli("etl", "ingest", str(exports[-1]), "--as-of", "2999-01-31", "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", "2999-01-31", "--no-validate")
     assert proc.returncode == 2 and "in the future" in proc.stderr
     bad = tmp_path / "hr_export_2026-07-31.csv"
     bad.write_text("EmployeeNumber,Age\n1,30\n")
-    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31", "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(bad), "--as-of", "2026-07-31", "--no-validate")
     assert proc.returncode == 2
     assert str(bad) in proc.stderr and "missing column(s)" in proc.stderr
-    proc = run_cli("etl", "ingest", str(bad), "--as-of", "2026-07-31")
+    proc = run_cli("pipeline", "ingest", str(bad), "--as-of", "2026-07-31")
     assert proc.returncode == 1, proc.stderr
     assert str(bad) in proc.stderr and "expect_table_columns_to_match_set" in proc.stderr
     assert s3.list_keys(stack, partition_prefix(stack, date(2026, 7, 31))) == [], "nothing published"
@@ -175,7 +175,7 @@ def test_killed_writer_leaves_previous_partition_readable(stack, exports):
 ])
 def test_implausible_extraction_dates_are_refused_before_anything_is_written(stack, exports, args, message):
     as_of = args[1]
-    proc = run_cli("etl", "ingest", str(exports[-1]), *args, "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(exports[-1]), *args, "--no-validate")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     if as_of == "1900-01-01":
@@ -191,7 +191,7 @@ def test_no_validate_never_publishes_duplicate_employees(stack, exports, tmp_pat
     day = date(2026, 6, 30)
     path = tmp_path / export_name(day)
     path.write_text("\n".join([lines[0], lines[1], ",".join(second), *lines[3:]]) + "\n")
-    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
     assert proc.returncode == 2 and "column EmployeeNumber: 1 duplicated employee number(s)" in proc.stderr
     assert s3.list_keys(stack, partition_prefix(stack, day)) == []
 
@@ -206,12 +206,12 @@ def test_no_validate_still_runs_the_features_suite(stack, exports, tmp_path):
     day = date(2026, 4, 30)
     path = tmp_path / export_name(day)
     path.write_text("\n".join([lines[0], ",".join(row), *lines[2:]]) + "\n")
-    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "employee_features" in proc.stderr and "tenure" in proc.stderr
     assert s3.list_keys(stack, partition_prefix(stack, day)) == []
     path.write_text("\n".join(lines) + "\n")
-    proc = run_cli("etl", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
+    proc = run_cli("pipeline", "ingest", str(path), "--as-of", day.isoformat(), "--no-validate")
     assert proc.returncode == 0 and "raw suite skipped (--no-validate); features suite passed" in proc.stdout
 
 
@@ -228,7 +228,7 @@ def test_concurrent_ingests_of_one_date_publish_one_complete_version(stack, expo
         path = folder / export_name(day)
         path.write_text("\n".join(lines[:keep]) + "\n")
         versions[name] = keep - 1
-    procs = {n: subprocess.Popen([sys.executable, "-m", "etl", "ingest", str(tmp_path / n / export_name(day)),
+    procs = {n: subprocess.Popen([sys.executable, "-m", "pipeline", "ingest", str(tmp_path / n / export_name(day)),
                                   "--as-of", day.isoformat(), "--no-validate"], cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for n in versions}
     outcomes = {n: (p.wait(120), p.stderr.read()) for n, p in procs.items()}
@@ -246,11 +246,11 @@ def test_an_ingest_of_a_busy_date_writes_nothing_and_exits_4(stack, exports, tmp
     settings = isolated(stack, tmp_path, "busy")
     env = cli_env(settings)
     with Lease(settings, layout.ingest_lock_key(settings, day), "a long ingest"):
-        busy = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
+        busy = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
     assert busy.returncode == 4, busy.stderr[-2000:]
     assert "another run holds" in busy.stderr and "a long ingest" in busy.stderr and "Traceback" not in busy.stderr
     assert s3.list_keys(settings, settings.s3_raw_prefix + "/") == [] and layout.list_partitions(settings) == []
-    done = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
+    done = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert layout.list_partitions(settings) == [day]
 
@@ -259,7 +259,7 @@ def test_links_and_folders_are_refused_as_exports(stack, exports, tmp_path):
     link = tmp_path / export_name(date(2026, 10, 31))
     link.symlink_to(exports[-1])
     for source, message in ((link, "a symbolic link"), (tmp_path, "a directory")):
-        proc = run_cli("etl", "ingest", str(source), "--as-of", "2026-10-31", "--no-validate")
+        proc = run_cli("pipeline", "ingest", str(source), "--as-of", "2026-10-31", "--no-validate")
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     from pipeline import steps
 
@@ -272,7 +272,7 @@ def test_links_and_folders_are_refused_as_exports(stack, exports, tmp_path):
     ("s3://{bucket}/inbox/../hr_export_2026-10-31.csv", "without '..'"),
 ])
 def test_storage_errors_are_one_line_with_exit_3(stack, source, message):
-    proc = run_cli("etl", "ingest", source.format(bucket=stack.s3_bucket), "--as-of", "2026-10-31")
+    proc = run_cli("pipeline", "ingest", source.format(bucket=stack.s3_bucket), "--as-of", "2026-10-31")
     assert proc.returncode == 3, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -290,7 +290,7 @@ def test_s3_failing_mid_ingest_is_exit_3_in_bounded_time_and_a_rerun_publishes(s
     env = {"FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "FP_S3_TIMEOUT_SECONDS": "2",
            "FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix}
     try:
-        failed = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env, timeout=300)
+        failed = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", day.isoformat(), env=env, timeout=300)
     finally:
         proxy.close()
     assert proxy.hanging.is_set(), "the fault was injected at the staging write"
@@ -301,7 +301,7 @@ def test_s3_failing_mid_ingest_is_exit_3_in_bounded_time_and_a_rerun_publishes(s
     assert ("Connect" if die else "ReadTimeout") in errors[0], errors[0]
     assert layout.list_partitions(settings) == [], "nothing published"
     assert s3.list_keys(settings, settings.s3_raw_prefix), "the raw export was kept before the fault"
-    rerun = run_cli("etl", "ingest", str(exports[-1]), "--as-of", day.isoformat(),
+    rerun = run_cli("pipeline", "ingest", str(exports[-1]), "--as-of", day.isoformat(),
                     env={k: v for k, v in env.items() if k != "FP_S3_ENDPOINT_URL"})
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert layout.list_partitions(settings) == [day]
@@ -332,10 +332,10 @@ def test_hostile_shapes_are_refused_in_one_short_line_and_quarantined_once(stack
     bad.write_bytes(damage(exports[-1].read_text()))
     env = {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
            "FP_S3_QUARANTINE_PREFIX": f"{settings.s3_raw_prefix}-quarantine"}
-    validated = run_cli("etl", "ingest", str(bad), "--as-of", day.isoformat(), env=env)
+    validated = run_cli("pipeline", "ingest", str(bad), "--as-of", day.isoformat(), env=env)
     assert validated.returncode == 1 and message in validated.stderr, validated.stderr[-2000:]
     assert len(validated.stderr) < 5000, "the refusal is short whatever the file holds"
-    unvalidated = run_cli("etl", "ingest", str(bad), "--as-of", day.isoformat(), "--no-validate", env=env)
+    unvalidated = run_cli("pipeline", "ingest", str(bad), "--as-of", day.isoformat(), "--no-validate", env=env)
     assert unvalidated.returncode == 2 and message in unvalidated.stderr, unvalidated.stderr[-2000:]
     assert layout.list_partitions(settings) == []
     (raw,) = s3.list_keys(settings, settings.s3_raw_prefix + "/")

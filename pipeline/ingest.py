@@ -3,7 +3,7 @@
     keep_raw -> validate raw -> stage_features -> validate features -> publish
 
 Each step is a function of its own; ``ingest`` runs them in order, and it is the one sequence:
-the nightly and backfill DAGs and ``python -m etl ingest`` all call it (``recompute`` runs it again
+the nightly and backfill DAGs and ``python -m pipeline ingest`` all call it (``recompute`` runs it again
 for a published partition, from its kept raw export). Key layout: ``etl.layout``.
 
 A partition is one object: it is staged under ``staging/`` and published with a server-side copy,
