@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
+
+from core import settings as settings_mod
 
 
 def setup(level: str | None = None) -> None:
     logging.basicConfig(
-        level=(level or os.environ.get("FP_LOG_LEVEL", "INFO")).upper(),
+        level=(level or settings_mod.raw("FP_LOG_LEVEL")).upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )

@@ -65,6 +65,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FP_SMTP_STARTTLS", "false", "`true` to upgrade the SMTP connection with STARTTLS."),
     Setting("FP_SMTP_USER", "", "SMTP login, when the server requires one."),
     Setting("FP_SMTP_PASSWORD", "", "SMTP password.", secret=True),
+    Setting("FP_LOG_LEVEL", "INFO", "Level of the platform's own log lines (DEBUG, INFO, WARNING, ERROR)."),
     Setting("FP_FEATURE_SERVER_URL", "http://127.0.0.1:6566", "Feast feature server the inference API reads online features from (read-only; `make serve` starts one locally)."),
     Setting("FP_FEATURE_SERVER_METRICS_PORT", "6567", "Port of the feature server's Prometheus metrics."),
     Setting("FP_API_PORT", "8000", "Port of the inference API (`python -m serving api`)."),
@@ -112,6 +113,15 @@ class Settings:
     worker_image: str
     k8s_namespace: str
     k8s_service_account: str
+    alert_webhook_url: str | None
+    alert_format: str
+    alert_email_to: tuple[str, ...]
+    alert_email_from: str
+    smtp_host: str
+    smtp_port: int
+    smtp_starttls: bool
+    smtp_user: str | None
+    smtp_password: str | None
 
     @property
     def features_uri(self) -> str:
@@ -232,7 +242,7 @@ def load() -> Settings:
             f"FP_MATERIALIZE_BATCH_SIZE must be a positive integer, got {raw('FP_MATERIALIZE_BATCH_SIZE')!r}"
         ) from None
     ports = {}
-    for env in ("FP_FEATURE_SERVER_METRICS_PORT", "FP_API_PORT"):
+    for env in ("FP_FEATURE_SERVER_METRICS_PORT", "FP_API_PORT", "FP_SMTP_PORT"):
         try:
             ports[env] = int(raw(env))
             if not 0 < ports[env] < 65536:
@@ -250,6 +260,12 @@ def load() -> Settings:
     runner = raw("FP_RUNNER").strip().lower()
     if runner not in {"local", "kubernetes"}:
         raise SystemExit(f"FP_RUNNER must be 'local' or 'kubernetes', got {runner!r}")
+    alert_format = raw("FP_ALERT_FORMAT").strip().lower()
+    if alert_format not in {"generic", "slack"}:
+        raise SystemExit(f"FP_ALERT_FORMAT must be 'generic' or 'slack', got {alert_format!r}")
+    starttls = raw("FP_SMTP_STARTTLS").strip().lower()
+    if starttls not in {"true", "false"}:
+        raise SystemExit(f"FP_SMTP_STARTTLS must be 'true' or 'false', got {starttls!r}")
     return Settings(
         local_dir=local_dir,
         s3_endpoint_url=endpoint,
@@ -276,6 +292,15 @@ def load() -> Settings:
         worker_image=raw("FP_WORKER_IMAGE"),
         k8s_namespace=raw("FP_K8S_NAMESPACE"),
         k8s_service_account=raw("FP_K8S_SERVICE_ACCOUNT"),
+        alert_webhook_url=raw("FP_ALERT_WEBHOOK_URL").strip() or None,
+        alert_format=alert_format,
+        alert_email_to=tuple(a.strip() for a in raw("FP_ALERT_EMAIL_TO").split(",") if a.strip()),
+        alert_email_from=raw("FP_ALERT_EMAIL_FROM"),
+        smtp_host=raw("FP_SMTP_HOST"),
+        smtp_port=ports["FP_SMTP_PORT"],
+        smtp_starttls=starttls == "true",
+        smtp_user=raw("FP_SMTP_USER") or None,
+        smtp_password=raw("FP_SMTP_PASSWORD") or None,
     )
 
 
@@ -287,7 +312,8 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-_SECRET_FIELDS = {"aws_secret_access_key", "aws_access_key_id", "api_token"}
+# A webhook URL is a credential (Slack's path is the secret); a Secret's value is never printed.
+_SECRET_FIELDS = {"aws_secret_access_key", "aws_access_key_id", "api_token", "alert_webhook_url", "smtp_password"}
 _URL_FIELDS = {"redis_url", "registry_url"}
 
 

@@ -1,6 +1,6 @@
 """Alerts: one small notifier for task failures, retry exhaustion and missed deadlines.
 
-Where alerts go comes from the environment (an Airflow Variable or a Kubernetes Secret can feed it):
+Where alerts go comes from the settings (core.settings; in Kubernetes from a Secret):
 
 * ``FP_ALERT_WEBHOOK_URL``: a URL that receives a JSON POST;
 * ``FP_ALERT_FORMAT``: ``generic`` (default; the JSON document below) or ``slack`` (a Slack incoming
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import smtplib
 import urllib.error
 import urllib.parse
@@ -27,6 +26,8 @@ from email.message import EmailMessage
 from typing import Any
 
 from airflow.sdk import BaseNotifier
+
+from core import settings as settings_mod
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ def webhook_host(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
 
 
-def _destination() -> tuple[str | None, str]:
-    return os.environ.get("FP_ALERT_WEBHOOK_URL") or None, os.environ.get("FP_ALERT_FORMAT", "generic").lower()
-
-
 def render(alert: dict[str, Any], fmt: str) -> bytes:
     if fmt == "slack":
         lines = [f":rotating_light: *{alert['title']}*"]
@@ -59,23 +56,22 @@ def render(alert: dict[str, Any], fmt: str) -> bytes:
     return json.dumps(alert, default=str).encode()
 
 
-def email(alert: dict[str, Any]) -> bool:
+def email(alert: dict[str, Any], settings: settings_mod.Settings) -> bool:
     """Mail one alert to FP_ALERT_EMAIL_TO, if set; return whether it was handed to the SMTP server."""
-    recipients = [a.strip() for a in os.environ.get("FP_ALERT_EMAIL_TO", "").split(",") if a.strip()]
+    recipients = list(settings.alert_email_to)
     if not recipients:
         return False
     message = EmailMessage()
     message["Subject"] = f"[hr-feature-platform] {alert['title']}"
-    message["From"] = os.environ.get("FP_ALERT_EMAIL_FROM", "hr-feature-platform@localhost")
+    message["From"] = settings.alert_email_from
     message["To"] = ", ".join(recipients)
     message.set_content("\n".join(f"{k}: {v}" for k, v in alert.items() if v not in (None, "")))
     try:
-        with smtplib.SMTP(os.environ.get("FP_SMTP_HOST", "localhost"), int(os.environ.get("FP_SMTP_PORT", "25")),
-                          timeout=10) as smtp:
-            if os.environ.get("FP_SMTP_STARTTLS", "false").lower() == "true":
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=10) as smtp:
+            if settings.smtp_starttls:
                 smtp.starttls()
-            if os.environ.get("FP_SMTP_USER"):
-                smtp.login(os.environ["FP_SMTP_USER"], os.environ.get("FP_SMTP_PASSWORD", ""))
+            if settings.smtp_user:
+                smtp.login(settings.smtp_user, settings.smtp_password or "")
             smtp.send_message(message)
         return True
     except (OSError, smtplib.SMTPException) as exc:
@@ -85,9 +81,10 @@ def email(alert: dict[str, Any]) -> bool:
 
 def post(alert: dict[str, Any]) -> bool:
     """Send one alert synchronously; return whether the webhook took it (failures are logged, not raised)."""
-    url, fmt = _destination()
+    settings = settings_mod.load()
+    url, fmt = settings.alert_webhook_url, settings.alert_format
     log.error("ALERT %s", json.dumps(alert, default=str))
-    email(alert)
+    email(alert, settings)
     if not url:
         return False
     request = urllib.request.Request(url, data=render(alert, fmt), headers={"Content-Type": "application/json"})
@@ -105,10 +102,11 @@ def post(alert: dict[str, Any]) -> bool:
 async def post_async(alert: dict[str, Any]) -> bool:
     import httpx  # already a dependency of Airflow; only the triggerer path needs it
 
-    url, fmt = _destination()
+    settings = settings_mod.load()
+    url, fmt = settings.alert_webhook_url, settings.alert_format
     log.error("ALERT %s", json.dumps(alert, default=str))
-    if os.environ.get("FP_ALERT_EMAIL_TO"):
-        await asyncio.to_thread(email, alert)  # smtplib blocks; keep the triggerer's loop free
+    if settings.alert_email_to:
+        await asyncio.to_thread(email, alert, settings)  # smtplib blocks; keep the triggerer's loop free
     if not url:
         return False
     try:

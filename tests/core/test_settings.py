@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -17,6 +19,7 @@ SECRETS = {
     "FP_REGISTRY_URL": "postgresql+psycopg://feast:regpw@db.internal:5432/feast?password=querypw&sslmode=verify-full",
     "FP_API_TOKEN": "api-token-value-123",
     "FP_SMTP_PASSWORD": "smtp-pw-456",
+    "FP_ALERT_WEBHOOK_URL": "https://hooks.example.com/services/T0/B0/webhook-secret-789",
 }
 
 
@@ -24,7 +27,7 @@ def test_printed_settings_contain_no_secret_substring():
     proc = subprocess.run([sys.executable, "-m", "core.settings"], cwd=ROOT, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", **SECRETS, "FP_LOCAL_DIR": "/tmp/fp-none"})
     assert proc.returncode == 0, proc.stderr
-    for value in ["AKIA", "wJalr", "tokenuser", "s3cr", "regpw", "querypw", "api-token", "smtp-pw"]:
+    for value in ["AKIA", "wJalr", "tokenuser", "s3cr", "regpw", "querypw", "api-token", "smtp-pw", "webhook-secret"]:
         assert value not in proc.stdout, f"{value!r} printed"
     assert "redis://***@redis.internal:6380/2" in proc.stdout
     assert "db.internal:5432/feast?***" in proc.stdout
@@ -49,3 +52,52 @@ def test_invalid_values_say_what_to_fix(monkeypatch, env, value, message):
     monkeypatch.setenv(env, value)
     with pytest.raises(SystemExit, match=message):
         settings_mod.load()
+
+
+def _environment_reads(tree) -> list[tuple[int, str]]:
+    """(line, variable) of each read of an FP_/AWS_ variable from os.environ or os.getenv."""
+    def is_environ(node) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "environ" and getattr(node.value, "id", "") == "os"
+
+    found = []
+    for node in ast.walk(tree):
+        key = None
+        if isinstance(node, ast.Subscript) and is_environ(node.value):
+            key = node.slice
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.func, ast.Attribute) and (
+                (node.func.attr in {"get", "pop", "setdefault"} and is_environ(node.func.value))
+                or (node.func.attr == "getenv" and getattr(node.func.value, "id", "") == "os")):
+            key = node.args[0]
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.startswith(("FP_", "AWS_")):
+            found.append((node.lineno, key.value))
+    return found
+
+
+def test_only_the_settings_module_reads_the_platforms_configuration():
+    """One place reads FP_* and AWS_* variables (with their defaults and checks); every other module
+    gets them from core.settings."""
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    reads = {}
+    for package in [*packages, "dags"]:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "core" / "settings.py":
+                continue
+            found = _environment_reads(ast.parse(path.read_text(), str(path)))
+            if found:
+                reads[str(path.relative_to(ROOT))] = found
+    assert reads == {}, f"configuration read outside core/settings.py: {reads}"
+
+
+def test_alert_and_mail_settings_are_checked_and_masked(monkeypatch):
+    monkeypatch.setenv("FP_ALERT_WEBHOOK_URL", "https://hooks.example.com/services/T0/B0/webhook-secret-789")
+    monkeypatch.setenv("FP_ALERT_EMAIL_TO", " oncall@example.com,, data@example.com ")
+    loaded = settings_mod.load()
+    assert loaded.alert_email_to == ("oncall@example.com", "data@example.com")
+    assert settings_mod._mask("alert_webhook_url", loaded.alert_webhook_url) == "***"
+    for env, value, message in [("FP_ALERT_FORMAT", "teams", "FP_ALERT_FORMAT must be 'generic' or 'slack'"),
+                                ("FP_SMTP_PORT", "smtp", "FP_SMTP_PORT must be a TCP port number"),
+                                ("FP_SMTP_STARTTLS", "yes", "FP_SMTP_STARTTLS must be 'true' or 'false'")]:
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            with pytest.raises(SystemExit, match=message):
+                settings_mod.load()
