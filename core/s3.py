@@ -8,9 +8,11 @@ gives atomic, idempotent publication with no temporary names to clean up.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,14 @@ class StorageError(RuntimeError):
 
 
 def client(settings: Settings):
+    """The process's S3 client for these settings: built once (a boto3 client costs tens of
+    milliseconds to build and is safe to share between threads) and again in a forked child, which
+    must not use its parent's connections."""
+    return _client(settings, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _client(settings: Settings, pid: int):
     return boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
@@ -68,8 +78,8 @@ def arrow_filesystem(settings: Settings) -> pafs.S3FileSystem:
                              connect_timeout=5, request_timeout=settings.s3_timeout_seconds)
 
 
-def ensure_bucket(settings: Settings, s3=None) -> None:
-    s3 = s3 or client(settings)
+def ensure_bucket(settings: Settings) -> None:
+    s3 = client(settings)
     try:
         s3.head_bucket(Bucket=settings.s3_bucket)
         return
@@ -94,9 +104,9 @@ class Written:
 
 
 def put_bytes(settings: Settings, key: str, data: bytes, *, content_type: str = "application/octet-stream",
-              metadata: dict[str, str] | None = None, s3=None) -> Written:
+              metadata: dict[str, str] | None = None) -> Written:
     """Publish ``data`` at ``key`` as one object, replacing any previous version whole."""
-    s3 = s3 or client(settings)
+    s3 = client(settings)
     extra: dict = {"ContentType": content_type, "Metadata": metadata or {}}
     if settings.s3_sse:
         extra["ServerSideEncryption"] = settings.s3_sse
@@ -109,13 +119,13 @@ def put_bytes(settings: Settings, key: str, data: bytes, *, content_type: str = 
     return Written(uri=f"s3://{settings.s3_bucket}/{key}", size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def get_bytes(settings: Settings, key: str, s3=None) -> bytes:
-    s3 = s3 or client(settings)
+def get_bytes(settings: Settings, key: str) -> bytes:
+    s3 = client(settings)
     return s3.get_object(Bucket=settings.s3_bucket, Key=key)["Body"].read()
 
 
-def exists(settings: Settings, key: str, s3=None) -> bool:
-    s3 = s3 or client(settings)
+def exists(settings: Settings, key: str) -> bool:
+    s3 = client(settings)
     try:
         s3.head_object(Bucket=settings.s3_bucket, Key=key)
         return True
@@ -125,8 +135,8 @@ def exists(settings: Settings, key: str, s3=None) -> bool:
         raise
 
 
-def list_keys(settings: Settings, prefix: str, s3=None) -> list[str]:
-    s3 = s3 or client(settings)
+def list_keys(settings: Settings, prefix: str) -> list[str]:
+    s3 = client(settings)
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix=prefix):
         keys.extend(obj["Key"] for obj in page.get("Contents", []))

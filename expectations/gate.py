@@ -332,7 +332,7 @@ def row_count_bounds(previous: int | None, tolerance: float) -> dict:
     return {"min_rows": max(1, int(previous * (1 - tolerance))), "max_rows": int(previous * (1 + tolerance)) + 1}
 
 
-def _publish_report(settings: Settings, report: str, docs_dir: Path, prefix: str, client) -> str:
+def _publish_report(settings: Settings, report: str, docs_dir: Path, prefix: str) -> str:
     """Upload the run's Data Docs page, the site index and its styles next to the data."""
     page = Path(report)
     files = [page, docs_dir / "index.html", *sorted((docs_dir / "static" / "styles").glob("*.css"))]
@@ -342,7 +342,7 @@ def _publish_report(settings: Settings, report: str, docs_dir: Path, prefix: str
             continue
         relative = path.relative_to(docs_dir).as_posix()
         written = s3.put_bytes(settings, f"{prefix}/{relative}", path.read_bytes(),
-                               content_type="text/html" if path.suffix == ".html" else "text/css", s3=client)
+                               content_type="text/html" if path.suffix == ".html" else "text/css")
         if path == page:
             uri = written.uri
     return uri or ""
@@ -388,13 +388,12 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
     outcome = Outcome(suite_name, source, as_of.isoformat() if as_of else None,
                       None if frame is None else len(frame), pre_failures + failures, pre_warnings + warnings,
                       checked=checked)
-    client = s3.client(settings) if (publish_report or quarantine) else None
     partition = f"extraction_date={as_of.isoformat() if as_of else 'unknown'}"
     reports = f"validation-reports/{suite_name}/{partition}/{run_id}"
     data_docs = None
     if publish_report:
         if report:
-            data_docs = _publish_report(settings, report, docs_dir, reports, client)
+            data_docs = _publish_report(settings, report, docs_dir, reports)
         outcome.report_uri = f"s3://{settings.s3_bucket}/{reports}/{html_report.REPORT_FILE}"
     if quarantine and not outcome.passed:
         prefix = f"{settings.s3_quarantine_prefix}/{suite_name}/{partition}/{run_id}"
@@ -402,13 +401,13 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
             name = safe_name(source.rstrip("/").rsplit("/", 1)[-1] or "batch")
             if name == "reason.json":
                 name = "batch-reason.json"  # the batch must never overwrite its own reason
-            kept_at = s3.put_bytes(settings, f"{prefix}/{name}", data, s3=client).uri
+            kept_at = s3.put_bytes(settings, f"{prefix}/{name}", data).uri
         reason = {"suite": suite_name, "source": source, "batch": kept_at, "extraction_date": outcome.as_of,
                   "rows": outcome.rows,
                   "failures": [asdict(f) for f in outcome.failures], "warnings": [asdict(w) for w in outcome.warnings],
                   "report": outcome.report_uri, "quarantined_at": run_id}
         s3.put_bytes(settings, f"{prefix}/reason.json", json.dumps(reason, indent=2, default=str).encode(),
-                     content_type="application/json", s3=client)
+                     content_type="application/json")
         outcome.quarantine_uri = f"s3://{settings.s3_bucket}/{prefix}/"
     # The page a person opens (the log, reason.json and the alert link it): styled with no network.
     local = docs_dir / "runs" / suite_name / run_id / html_report.REPORT_FILE
@@ -418,7 +417,7 @@ def validate(settings: Settings, suite: str, source: str, *, as_of: date | None 
     if outcome.report_uri:
         relative = data_docs.split(f"/{reports}/", 1)[1] if data_docs else None
         s3.put_bytes(settings, f"{reports}/{html_report.REPORT_FILE}", html_report.render(outcome, relative).encode(),
-                     content_type="text/html", s3=client)
+                     content_type="text/html")
     outcome.seconds = time.perf_counter() - started
     if outcome.passed:
         log.info("%s: suite %s passed (%s rows, %d warnings) in %.2fs", source, suite_name, outcome.rows,

@@ -81,13 +81,12 @@ def check_extraction_date(source: str, as_of: date, future: bool = True) -> None
                                    "ingest it with --as-of matching its name (or rename the file)")
 
 
-def keep_raw(settings: Settings, as_of: date, data: bytes, file_name: str, client=None) -> tuple[str, bool]:
+def keep_raw(settings: Settings, as_of: date, data: bytes, file_name: str) -> tuple[str, bool]:
     """Store the export as received, addressed by content: a re-run finds it, a correction sits beside it."""
     key = raw_key(settings, as_of, data, file_name)
-    if s3.exists(settings, key, client):
+    if s3.exists(settings, key):
         return f"s3://{settings.s3_bucket}/{key}", True
-    written = s3.put_bytes(settings, key, data, content_type="text/csv", metadata={"extraction-date": as_of.isoformat()},
-                           s3=client)
+    written = s3.put_bytes(settings, key, data, content_type="text/csv", metadata={"extraction-date": as_of.isoformat()})
     return written.uri, False
 
 
@@ -110,22 +109,21 @@ def _metadata(table: pa.Table, data: bytes) -> dict[str, str]:
     return {"rows": str(table.num_rows), "source-sha256": hashlib.sha256(data).hexdigest()}
 
 
-def stage_features(settings: Settings, data: bytes, source: str, as_of: date, client=None) -> tuple[pa.Table, bytes, str]:
+def stage_features(settings: Settings, data: bytes, source: str, as_of: date) -> tuple[pa.Table, bytes, str]:
     """Compute the features and write them to this run's staging key; return (table, parquet bytes, staging URI)."""
     table = transform(data, source, as_of)
     payload = to_parquet(table)
     run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:8]
-    written = s3.put_bytes(settings, staging_key(settings, as_of, run), payload, metadata=_metadata(table, data),
-                           s3=client)
+    written = s3.put_bytes(settings, staging_key(settings, as_of, run), payload, metadata=_metadata(table, data))
     return table, payload, written.uri
 
 
-def publish(settings: Settings, as_of: date, staged_uri: str, client=None) -> str:
+def publish(settings: Settings, as_of: date, staged_uri: str) -> str:
     """Promote this run's staged partition of ``as_of`` with one server-side copy (atomic for readers).
 
     Concurrent runs of one date each publish a complete partition of their own; the last copy is
     the published version, never a mix, and neither run can delete the other's staged object."""
-    client = client or s3.client(settings)
+    client = s3.client(settings)
     extra = {"MetadataDirective": "COPY"}
     if settings.s3_sse:
         extra["ServerSideEncryption"] = settings.s3_sse
@@ -172,13 +170,13 @@ def recompute(settings: Settings, as_of: date, row_tolerance: float = 0.25) -> I
         head = client.head_object(Bucket=settings.s3_bucket, Key=layout.partition_key(settings, as_of))
         digest = (head.get("Metadata") or {}).get("source-sha256", "")
         prefix = layout.raw_prefix(settings, as_of)
-        kept = [key for key in s3.list_keys(settings, prefix, client)
+        kept = [key for key in s3.list_keys(settings, prefix)
                 if digest and key[len(prefix):].startswith(digest[:16] + "-")]
         if not kept:
             raise schema.ContractError(f"the partition of {as_of} records no kept raw export (source-sha256 "
                                        f"{digest[:16] or 'missing'} under s3://{settings.s3_bucket}/{prefix}): "
                                        "ingest that date's export again")
-        data = s3.get_bytes(settings, kept[0], client)
+        data = s3.get_bytes(settings, kept[0])
         source = f"s3://{settings.s3_bucket}/{kept[0]}"
         file_name = kept[0][len(prefix) + 17:]
         with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"recompute of {as_of}") as held:
@@ -189,22 +187,21 @@ def recompute(settings: Settings, as_of: date, row_tolerance: float = 0.25) -> I
 
 def _ingest(settings: Settings, source: str, as_of: date, validate: bool, row_tolerance: float, data: bytes,
             file_name: str, started: float, held: lease.Lease) -> IngestResult:
-    client = s3.client(settings)
     # The raw file is kept before anything can reject it: a bad export is never lost.
-    raw_uri, already = keep_raw(settings, as_of, data, file_name, client)
+    raw_uri, already = keep_raw(settings, as_of, data, file_name)
     if validate:
         outcome = gate.validate(settings, "raw", source, as_of=as_of, data=data, row_tolerance=row_tolerance,
                                 kept_at=raw_uri)
         if not outcome.passed:
             raise gate.ValidationFailed(outcome)
-    table, payload, staged_uri = stage_features(settings, data, source, as_of, client)
+    table, payload, staged_uri = stage_features(settings, data, source, as_of)
     # Always, --no-validate included: nothing the features suite rejects is ever published.
     outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance,
                             previous_rows=gate.previous_row_count(settings, as_of), publish_report=validate)
     if not outcome.passed:
         raise gate.ValidationFailed(outcome)
     held.check()  # a run whose lease expired and was taken over must not publish over the newer run
-    features_uri = publish(settings, as_of, staged_uri, client)
+    features_uri = publish(settings, as_of, staged_uri)
     active = pc.sum(pc.cast(table[features.ACTIVE], pa.int64())).as_py() or 0
     result = IngestResult(
         as_of=as_of.isoformat(), source=source, rows_in=table.num_rows, rows_out=table.num_rows,

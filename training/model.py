@@ -228,15 +228,14 @@ def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZO
     joblib.dump(model, buffer)
     artifact = buffer.getvalue()
     meta["model_sha256"] = hashlib.sha256(artifact).hexdigest()
-    client = s3.client(settings)
-    s3.put_bytes(settings, f"{prefix}/model.joblib", artifact, s3=client)
-    s3.put_bytes(settings, f"{prefix}/metadata.json", json.dumps(meta, indent=2).encode(), content_type="application/json", s3=client)
+    s3.put_bytes(settings, f"{prefix}/model.joblib", artifact)
+    s3.put_bytes(settings, f"{prefix}/metadata.json", json.dumps(meta, indent=2).encode(), content_type="application/json")
     s3.put_bytes(settings, f"{prefix}/features.json", json.dumps({"feature_service": online.FEATURE_SERVICE, "feature_refs": refs,
                                                                    "feature_fingerprints": meta["feature_fingerprints"]}).encode(),
-                 content_type="application/json", s3=client)
-    s3.put_bytes(settings, f"{prefix}/entity_df.parquet", labels.to_parquet(index=False), s3=client)
-    s3.put_bytes(settings, f"{prefix}/roc_curve.png", _roc_png(curve, metrics["roc_auc"]), content_type="image/png", s3=client)
-    s3.put_bytes(settings, f"{prefix}/model_card.md", _model_card(meta).encode(), content_type="text/markdown", s3=client)
+                 content_type="application/json")
+    s3.put_bytes(settings, f"{prefix}/entity_df.parquet", labels.to_parquet(index=False))
+    s3.put_bytes(settings, f"{prefix}/roc_curve.png", _roc_png(curve, metrics["roc_auc"]), content_type="image/png")
+    s3.put_bytes(settings, f"{prefix}/model_card.md", _model_card(meta).encode(), content_type="text/markdown")
     uri = f"s3://{settings.s3_bucket}/{prefix}/"
     promoted = metrics["roc_auc"] >= MIN_ROC_AUC
     if promoted:
