@@ -101,7 +101,7 @@ def validate_ours(rows: int) -> dict:
 
 def validate_limit(rows: int) -> dict:
     """Reading the same partition into pandas and one vectorised range check per column."""
-    from etl import features as spec
+    from etl import spec
 
     payload = _features_partition(rows)
     started = time.perf_counter()
@@ -144,7 +144,7 @@ def materialize_limit(entities: int) -> dict:
     from feast.protos.feast.types.Value_pb2 import Value
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    from etl import features as spec
+    from etl import spec
     from features import online
 
     settings = replace(bench_settings(), feast_project=f"benchlimit_{entities}")

@@ -68,7 +68,7 @@ def prepare(settings) -> int:
         store = fs.open_store(settings)
         fs.apply(store, settings)
         first = date.fromisoformat(paths[0].stem.removeprefix("hr_export_"))
-        from etl import features as spec
+        from etl import spec
 
         fs.materialize(store, settings, datetime.now(timezone.utc), start=spec.extraction_timestamp(first))
         result = model.train(store, settings)

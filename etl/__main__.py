@@ -15,7 +15,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from core import log as logsetup
-from etl import features
+from etl import spec
 from etl import generate as gen
 
 
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup()
 
     if args.command == "describe":
-        print(features.markdown_table())
-        print("\nfingerprints of the code that computes them (etl/features.py):")
-        for name, value in features.fingerprints().items():
+        print(spec.markdown_table())
+        print("\nfingerprints of the code that computes them (etl/spec.py):")
+        for name, value in spec.fingerprints().items():
             print(f"  {name:22} {value}")
         return 0
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from core import s3
 from core.settings import Settings
-from etl.features import FINGERPRINTS_KEY
+from etl.spec import FINGERPRINTS_KEY
 
 PARTITION_FILE = "part-0.parquet"
 MODEL_PREFIX = "models/attrition"

@@ -7,7 +7,7 @@ order of its features (a model receives them by position), or shrinking a TTL br
 exist today: each is reported by name. Additive changes pass.
 
 A changed transformation is a break too: each feature view records the fingerprint of the code
-that computes each feature (etl.features), and so does each model. A feature whose fingerprint
+that computes each feature (etl.spec), and so does each model. A feature whose fingerprint
 differs from the registry's or the current model's, and that an existing feature service or the
 current model uses, is reported, unless the change comes with a new feature service version (say
 ``attrition_model_v2``) that declares the feature and that the current model does not use: then the

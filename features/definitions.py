@@ -1,6 +1,6 @@
 """Feast objects: entity `employee_id`, feature view `employee_features`, service `attrition_model_v1`.
 
-The schema is built from etl.features.FEATURES, so the features Feast serves are, by construction,
+The schema is built from etl.spec.FEATURES, so the features Feast serves are, by construction,
 the ones the ETL computes, in the order the model receives them. ``build`` makes them for a given
 configuration; the module-level objects (what `feast plan/apply` discovers) use the environment's.
 """
@@ -15,7 +15,7 @@ from feast.types import Float64, Int64
 
 from core import settings as settings_mod
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 
 # Monthly extractions: a value older than 45 days means an extraction was missed.
 FEATURE_TTL = timedelta(days=45)
@@ -59,7 +59,7 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
                 for f in spec.FEATURES],
         source=source,
         online=True,
-        # Which code computed each feature (etl.features): `python -m features check` compares them.
+        # Which code computed each feature (etl.spec): `python -m features check` compares them.
         tags={"team": "people-analytics", "pii": "none", **fingerprint_tags(spec.fingerprints())},
     )
     service = FeatureService(

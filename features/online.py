@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 
 from core import s3
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from etl import layout
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Roster:
     extraction: date
     active: np.ndarray  # sorted int64 ids
     left: np.ndarray  # sorted int64 ids, also everyone absent from this extraction but seen before
-    # {feature: fingerprint} of the code that computed the served values (etl.features.fingerprints)
+    # {feature: fingerprint} of the code that computed the served values (etl.spec.fingerprints)
     fingerprints: dict = field(default_factory=dict)
 
     @property

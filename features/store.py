@@ -18,7 +18,7 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
 
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from features import online
 from features.online import FEATURE_SERVICE, FEATURE_VIEW
 

@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 
 from core import s3
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from etl.layout import list_partitions
 from features import online
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from core import lease, s3
 from core.settings import Settings
-from etl import features, layout, schema
+from etl import layout, schema, spec
 from etl.layout import partition_key, raw_key, staging_key
 from expectations import gate
 
@@ -101,8 +101,8 @@ def transform(data: bytes, source: str, as_of: date) -> pa.Table:
     duplicated = raw.num_rows - pc.count_distinct(raw["EmployeeNumber"]).as_py()
     if duplicated:  # checked here too, so that --no-validate can never publish two rows for one employee
         raise schema.ContractError(f"{source}: column EmployeeNumber: {duplicated} duplicated employee number(s)")
-    table = features.compute(raw, as_of)
-    return table.sort_by(features.ENTITY_KEY)
+    table = spec.compute(raw, as_of)
+    return table.sort_by(spec.ENTITY_KEY)
 
 
 def _metadata(table: pa.Table, data: bytes) -> dict[str, str]:
@@ -153,8 +153,8 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
 
 
 def stale_partitions(settings: Settings) -> list[date]:
-    """Published partitions computed by other code than this checkout's (etl.features.fingerprints)."""
-    current = features.fingerprints()
+    """Published partitions computed by other code than this checkout's (etl.spec.fingerprints)."""
+    current = spec.fingerprints()
     return [day for day, found in layout.partition_fingerprints(settings).items() if found != current]
 
 
@@ -202,7 +202,7 @@ def _ingest(settings: Settings, source: str, as_of: date, validate: bool, row_to
         raise gate.ValidationFailed(outcome)
     held.check()  # a run whose lease expired and was taken over must not publish over the newer run
     features_uri = publish(settings, as_of, staged_uri)
-    active = pc.sum(pc.cast(table[features.ACTIVE], pa.int64())).as_py() or 0
+    active = pc.sum(pc.cast(table[spec.ACTIVE], pa.int64())).as_py() or 0
     result = IngestResult(
         as_of=as_of.isoformat(), source=source, rows_in=table.num_rows, rows_out=table.num_rows,
         active=active, leavers=table.num_rows - active, raw_uri=raw_uri, raw_already_kept=already,

@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from features import online
 from features.definitions import FEATURE_TTL
 from features.online import ServingError

@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 import pytest
 
 from helpers import run_cli
-from etl import features as spec
+from etl import spec
 from pipeline import ingest as ing
 from etl import layout
 from features import online

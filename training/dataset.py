@@ -17,7 +17,7 @@ from feast import FeatureStore
 
 from core import s3
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from etl import layout
 from etl.layout import features_dataset
 from features import online

@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core import s3
 from core.settings import Settings
-from etl import features as spec
+from etl import spec
 from pipeline import ingest
 from etl.layout import LATEST_MODEL_POINTER, MODEL_PREFIX
 from features import online

@@ -15,7 +15,7 @@ import pytest
 from helpers import cli_env, isolated, run_cli, served_history
 from core import s3
 from core.fingerprint import code_fingerprint
-from etl import features as spec
+from etl import spec
 from pipeline import ingest as ing
 from etl import layout
 from features import check, online
@@ -101,7 +101,7 @@ def test_partitions_the_registry_and_the_model_record_the_fingerprints(history):
 def _checkout_with(tmp_path, old: str, new: str):
     """A copy of the etl package with one edit, first on the path of a CLI run from ``tmp_path``."""
     shutil.copytree(layout.__file__.rsplit("/", 1)[0], tmp_path / "etl", ignore=shutil.ignore_patterns("__pycache__"))
-    path = tmp_path / "etl" / "features.py"
+    path = tmp_path / "etl" / "spec.py"
     source = path.read_text()
     assert source.count(old) == 1
     path.write_text(source.replace(old, new))

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from helpers import cli_env, corrected_export, ingest_exports, isolated
-from etl import features as spec
+from etl import spec
 from pipeline import ingest as ing
 from etl import layout
 from features import definitions

@@ -19,7 +19,7 @@ from feast import FeatureViewState
 
 from helpers import Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli
 from core import s3
-from etl import features as spec
+from etl import spec
 from pipeline import ingest as ing
 from etl import layout
 from features import online

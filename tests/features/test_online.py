@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from etl import features as spec
+from etl import spec
 from features import online
 
 NAMES = list(spec.FEATURE_NAMES)

@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import ROOT, Loop, cli_env, corrected_export, dedicated_valkey, free_port, ingest_exports, isolated, run_cli, served_history
-from etl import features as spec
+from etl import spec
 from etl import layout
 from features import online
 from features import store as fs

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl import features as spec
+from etl import spec
 from training import dataset
 
 MONTHS = [datetime(2026, m, 28, tzinfo=timezone.utc) for m in range(1, 8)]  # extractions 0..6

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from helpers import cli_env, ingest_exports, isolated, run_cli
 from core import s3
-from etl import features as spec
+from etl import spec
 from pipeline import ingest as ing
 from etl import layout
 from etl.layout import list_partitions, partition_key
