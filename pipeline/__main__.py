@@ -128,6 +128,10 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
+# Exit status of `ingest` per failure (the README's command-line contracts).
+INGEST_EXIT = ((ContractError, 2), (FileNotFoundError, 2), (StorageError, 3), (Busy, 4), (LeaseLost, 4))
+
+
 def ingest(export: str, as_of: date, validate: bool, as_json: bool) -> int:
     settings = settings_mod.load()
     try:
@@ -135,15 +139,9 @@ def ingest(export: str, as_of: date, validate: bool, as_json: bool) -> int:
     except ValidationFailed as exc:
         print(f"error: rejected by validation, nothing published for {as_of}\n{exc}", file=sys.stderr)
         return 1
-    except (ContractError, FileNotFoundError) as exc:
+    except tuple(kind for kind, _ in INGEST_EXIT) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except (Busy, LeaseLost) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
+        return next(status for kind, status in INGEST_EXIT if isinstance(exc, kind))
     print(json.dumps(result.as_dict(), indent=2) if as_json else result.summary())
     return 0
 

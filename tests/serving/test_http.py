@@ -76,8 +76,11 @@ def served(stack, exports, tmp_path_factory):
     folder = tmp_path_factory.mktemp("http")
     settings = isolated(stack, folder, "http")
     store, _ = served_history(settings, exports)
-    feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"], cli_env(settings),
-                            "/health", folder / "feature-server.log")
+    metrics_port = free_port()
+    feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"],
+                            cli_env(settings, FP_FEATURE_SERVER_METRICS_PORT=str(metrics_port)), "/health",
+                            folder / "feature-server.log")
+    feature_server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     api = Server(["api"], cli_env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN,
                                FP_API_REFRESH_SECONDS="1"), "/healthz", folder / "api.log")
     client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
@@ -370,6 +373,31 @@ def test_metrics_parse_as_prometheus_text(served):
     assert any(s.labels.get("reason") == "unknown" and s.value >= 1 for s in families["attrition_api_errors"].samples)
     assert any(s.value == 1 for s in families["attrition_api_model_info"].samples)
     assert "attrition_api_served_features_age_seconds" in families
+
+
+def _feature_server_metrics(url: str) -> dict[tuple, float]:
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(httpx.get(url, timeout=5).text) for sample in family.samples}
+
+
+def test_the_feature_servers_metrics_count_its_reads_as_feasts_route_does(served):
+    """Feast's own metrics, fed by the direct read: requests, entities, feature statuses, latency."""
+    settings, _, feature_server, _, _ = served
+    ids = [i for i, r in _rows(settings).items() if r["is_active"]][:4]
+    present = ("feast_online_features_status_total", (("feature_view", "employee_features"), ("status", "present")))
+    requests = ("feast_online_features_request_total", ())
+    entities = ("feast_online_features_entity_count_sum", ())
+    latency = ("feast_feature_server_request_latency_seconds_count",
+               (("endpoint", "/get-online-features"), ("feature_count", "1-10"), ("feature_view_count", "1")))
+    before = _feature_server_metrics(feature_server.metrics_url)
+    for _ in range(3):
+        response = httpx.post(f"{feature_server.url}/get-online-features",
+                              json={"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}})
+        assert response.status_code == 200
+    after = _feature_server_metrics(feature_server.metrics_url)
+    gained = {key: after.get(key, 0) - before.get(key, 0) for key in (present, requests, entities, latency)}
+    assert gained == {present: 3 * len(ids) * len(spec.FEATURE_NAMES), requests: 3, entities: 3 * len(ids),
+                      latency: 3}
 
 
 def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, exports, tmp_path):
