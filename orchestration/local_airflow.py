@@ -68,6 +68,31 @@ def load_dag(dag_id: str):
     return bag.dags[dag_id]
 
 
+def _settle_assets() -> None:
+    """Before a run without a scheduler: the DAG files as they parse now in the metadata DB, and the
+    scheduler's Asset pass (retire Assets no DAG references, activate the referenced ones).
+
+    ``dag.test()`` activates an Asset only when no active one holds its name or URI, and leaves
+    retiring the old one to the scheduler; when the features location changed since the last run
+    (another bucket or prefix), the new Asset would stay inactive and announcing it would fail."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.utils.session import create_session
+
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        sync_bag_to_db(BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name),
+                       bundle.name, bundle.version)
+    with create_session() as session:
+        # The pass needs no scheduler state (its helpers are static), only the session.
+        SchedulerJobRunner._update_asset_orphanage(object.__new__(SchedulerJobRunner), session=session)
+
+
 def run_dag(dag_id: str, conf: dict | None = None, run_after: datetime | None = None) -> tuple[str, str]:
     """Run one DAG run in this process; return (run_id, state) as recorded in the metadata DB.
 
@@ -80,6 +105,7 @@ def run_dag(dag_id: str, conf: dict | None = None, run_after: datetime | None = 
     from airflow.utils.state import DagRunState
 
     dag = load_dag(dag_id)
+    _settle_assets()
     run_after = run_after or datetime.now(timezone.utc)
     tripped = False
     try:

@@ -66,20 +66,6 @@ def test_dag_file_imports_without_secrets_or_heavy_modules(dag_file, tmp_path):
     print(f"{dag_file.name}: parsed in {result['seconds'] * 1000:.0f} ms")
 
 
-@pytest.fixture(autouse=True)
-def no_active_assets_of_earlier_tests():
-    """Each test's DAG runs against its own bucket prefix, so its features Asset has the same name
-    and another URI than the previous test's. Airflow activates an Asset only when no active one
-    holds its name; the scheduler would retire the unreferenced one, but these runs have no
-    scheduler (``dag.test()``). Start every test with none active, as a fresh deployment does."""
-    if "AIRFLOW_HOME" in os.environ and (Path(os.environ["AIRFLOW_HOME"]) / ".migrated").exists():
-        from airflow.models.asset import AssetActive
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            session.query(AssetActive).delete()
-
-
 @pytest.fixture(scope="module")
 def dags(airflow_home):
     return {dag_id: local_airflow.load_dag(dag_id)
