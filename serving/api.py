@@ -295,4 +295,3 @@ def serve(settings: Settings, host: str, port: int) -> None:
     app = create_app(settings)
     log.info("inference API on %s:%d, features from %s", host, port, settings.feature_server_url)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
-
