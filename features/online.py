@@ -275,6 +275,10 @@ class ServiceRead:
         self._names = names
         prefix = f"{table.projection.name_to_use()}__" if full_feature_names else ""
         self.feature_names = [join_key, *(prefix + n for n in names)]
+        # Keys and parsed hashes are pure functions of the id and of the hash's bytes: cached per
+        # plan (a plan lives one registry TTL), a repeated read skips the protobuf work.
+        self._keys = functools.lru_cache(maxsize=65536)(self._key)
+        self._rows = functools.lru_cache(maxsize=8192)(self._row)
 
     @classmethod
     def plan(cls, store, service, full_feature_names: bool) -> "ServiceRead | None":
@@ -301,31 +305,36 @@ class ServiceRead:
         return (len(entities) == 1 and bool(ids)
                 and all(type(i) is int and -2**63 <= i < 2**63 for i in ids))
 
-    async def read(self, ids: list[int]) -> dict:
-        """Feast's answer in its JSON form (``convert_response_to_dict``), for ``ids`` in order."""
-        from feast.feature_server_utils import _value_to_native
+    def _key(self, employee_id: int) -> bytes:
+        """Feast's Redis key of an employee (the serialized entity key and the project)."""
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
 
-        config = self._store.config
-        keys = self._online._generate_redis_keys_for_entities(
-            config, [EntityKey(join_keys=[self.join_key], entity_values=[Value(int64_val=i)]) for i in ids])
-        client = await self._online._get_client_async(config.online_store)
+        (key,) = self._online._generate_redis_keys_for_entities(
+            self._store.config, [EntityKey(join_keys=[self.join_key], entity_values=[Value(int64_val=employee_id)])])
+        return key
+
+    def _row(self, hash_values: tuple) -> tuple[str, list]:
+        """One hash as Feast's answer carries it: its event time and values, parsed by Feast."""
+        from feast.feature_server_utils import _value_to_native
+
+        stamp, values = self._online._get_features_for_entity(hash_values, self._view, self._requested)
+        return _feast_time(stamp), [_value_to_native(values[name]) for name in self._names]
+
+    async def read(self, ids: list[int]) -> dict:
+        """Feast's answer in its JSON form (``convert_response_to_dict``), for ``ids`` in order."""
+        client = await self._online._get_client_async(self._store.config.online_store)
         async with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, self._fields)
+            for employee_id in ids:
+                pipe.hmget(self._keys(employee_id), self._fields)
             rows = await pipe.execute()
-        columns: list[list] = [[] for _ in self._names]
-        stamps = []
-        for row in rows:
-            stamp, values = self._online._get_features_for_entity(row, self._view, self._requested)
-            stamps.append(_feast_time(stamp))
-            for column, name in zip(columns, self._names):
-                column.append(_value_to_native(values[name]))
+        parsed = [self._rows(tuple(row)) for row in rows]
         count = len(ids)
         present = ["PRESENT"] * count
+        stamps = [stamp for stamp, _ in parsed]
         results = [{"values": list(ids), "statuses": present, "event_timestamps": [_EPOCH] * count}]
-        results += [{"values": column, "statuses": present, "event_timestamps": stamps} for column in columns]
+        results += [{"values": [values[i] for _, values in parsed], "statuses": present, "event_timestamps": stamps}
+                    for i in range(len(self._names))]
         return {"results": results, "metadata": {"feature_names": self.feature_names}}
 
 

@@ -389,15 +389,17 @@ def test_the_feature_servers_metrics_count_its_reads_as_feasts_route_does(served
     entities = ("feast_online_features_entity_count_sum", ())
     latency = ("feast_feature_server_request_latency_seconds_count",
                (("endpoint", "/get-online-features"), ("feature_count", "1-10"), ("feature_view_count", "1")))
+    succeeded = ("feast_feature_server_request_total", (("endpoint", "/get-online-features"), ("status", "success")))
     before = _feature_server_metrics(feature_server.metrics_url)
     for _ in range(3):
         response = httpx.post(f"{feature_server.url}/get-online-features",
                               json={"feature_service": "attrition_model_v1", "entities": {"employee_id": ids}})
         assert response.status_code == 200
     after = _feature_server_metrics(feature_server.metrics_url)
-    gained = {key: after.get(key, 0) - before.get(key, 0) for key in (present, requests, entities, latency)}
+    gained = {key: after.get(key, 0) - before.get(key, 0)
+              for key in (present, requests, entities, latency, succeeded)}
     assert gained == {present: 3 * len(ids) * len(spec.FEATURE_NAMES), requests: 3, entities: 3 * len(ids),
-                      latency: 3}
+                      latency: 3, succeeded: 3}
 
 
 def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, exports, tmp_path):
