@@ -9,6 +9,11 @@ it. On the holder's own machine a dead process is noticed at once (its pid is go
     with Lease(settings, "locks/ingest/2026-10-31", "ingest of 2026-10-31") as lease:
         ...                # long work
         lease.check()      # before the step that must happen once: raises LeaseLost if taken over
+
+A lease can also span processes: with a ``holder`` (the nightly DAG passes its run id), a later
+process of the same holder resumes it with ``acquire()``, and ``suspend()`` stops renewing without
+releasing, so that the lease waits for the next step. Such a lease is judged by its expiry only,
+not by the pid that last renewed it (that process has ended by design).
 """
 
 from __future__ import annotations
@@ -54,8 +59,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Lease:
-    def __init__(self, settings: Settings, key: str, what: str, seconds: float = DEFAULT_SECONDS):
-        self.settings, self.key, self.what, self.seconds = settings, key, what, seconds
+    def __init__(self, settings: Settings, key: str, what: str, seconds: float = DEFAULT_SECONDS,
+                 holder: str | None = None):
+        self.settings, self.key, self.what, self.seconds, self.holder = settings, key, what, seconds, holder
         self.client = s3.client(settings)
         self.etag: str | None = None
         self.lost: str | None = None
@@ -68,7 +74,7 @@ class Lease:
 
     def _body(self) -> bytes:
         now = datetime.now(timezone.utc)
-        return json.dumps({"what": self.what, "host": socket.gethostname(), "pid": os.getpid(),
+        return json.dumps({"what": self.what, "host": socket.gethostname(), "pid": os.getpid(), "holder": self.holder,
                            "renewed": now.isoformat(), "expires": (now + timedelta(seconds=self.seconds)).isoformat()
                            }).encode()
 
@@ -85,6 +91,7 @@ class Lease:
             if not _conflict(exc):
                 raise
             self._take_over()
+        self._stop.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease {self.key}", daemon=True)
         self._renewer.start()
         log.info("holding %s (%s)", self.uri, self.what)
@@ -100,19 +107,26 @@ class Lease:
             raise
         holder = json.loads(current["Body"].read())
         expires = datetime.fromisoformat(holder["expires"])
-        dead_here = holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0)))
-        if expires > datetime.now(timezone.utc) and not dead_here:
+        ours = self.holder is not None and holder.get("holder") == self.holder
+        # A lease spanning processes outlives the pid that last renewed it: only its expiry counts.
+        dead_here = (not holder.get("holder") and holder.get("host") == socket.gethostname()
+                     and not _pid_alive(int(holder.get("pid", 0))))
+        if expires > datetime.now(timezone.utc) and not dead_here and not ours:
             left = (expires - datetime.now(timezone.utc)).total_seconds()
             raise Busy(f"another run holds {self.uri}: {holder['what']} by pid {holder['pid']} on {holder['host']} "
                        f"(renewed {holder['renewed']}); nothing was done. Re-run after it ends; if it died, its "
                        f"lease expires in {left:.0f} s")
-        reason = "its process is gone" if dead_here else f"it expired at {holder['expires']}"
+        reason = ("resumed by the same run" if ours else "its process is gone" if dead_here
+                  else f"it expired at {holder['expires']}")
         try:
             self.etag = self._put(IfMatch=current["ETag"])
         except ClientError as exc:
             if _conflict(exc):
                 raise Busy(f"another run took over {self.uri} at the same moment; nothing was done") from None
             raise
+        if ours:
+            log.info("resumed %s (%s)", self.uri, self.what)
+            return
         log.warning("took over %s from pid %s on %s: %s", self.uri, holder["pid"], holder["host"], reason)
 
     def renew(self) -> None:
@@ -144,10 +158,16 @@ class Lease:
         if self.lost:
             raise LeaseLost(self.lost)
 
-    def release(self) -> None:
+    def suspend(self) -> None:
+        """Stop renewing and keep the lease: the same holder resumes it in its next process, and
+        if none does, it expires ``seconds`` after the last renewal."""
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(5)
+        self._renewer = None
+
+    def release(self) -> None:
+        self.suspend()
         if self.lost or self.etag is None:
             return
         try:

@@ -7,12 +7,14 @@ Turns the HR exports that arrived since the last run into served features, every
    extraction and on or before the run's date, oldest first: after skipped nights, the exports in
    between are published too (their leavers would otherwise be labelled as stayers). With none newer
    (a re-run), the newest export again; with the *extraction_date* parameter, exactly that one;
-2. **ingest_exports**: each planned export, oldest first, through the one ingest sequence
-   (`pipeline.ingest.ingest`, the same as the backfill's and `python -m pipeline ingest`): the export is kept
-   under the raw prefix as received; Great Expectations suite `raw_hr_export`; the six features are
-   computed and staged; suite `employee_features`; the staged partition is published in one
-   server-side copy, under the date's lease. A failing batch is quarantined with the reason and stops
-   the run at that export (the older ones stay published; nothing newer is published before it);
+2. the ingest steps, one task each, in the order of `pipeline.sequence.INGEST_STEPS` (the same
+   steps the backfill and `python -m pipeline ingest` run in one process), each for every planned
+   export, oldest first, with the export's date leased to this run from the first step to the last:
+   **keep_raw** (the export as received, under the raw prefix), **validate_raw** (Great Expectations
+   suite `raw_hr_export`), **stage_features** (the six features, staged), **validate_features**
+   (suite `employee_features`), **publish** (one server-side copy). A batch the data rejects is
+   quarantined with the reason and stops at that export: the older ones are still published,
+   nothing newer is, and the run fails (at once when no older export is left to publish);
 3. **apply_definitions**: `feast apply`, only when the definitions changed (watermarks are kept);
 4. **materialize_incremental**: `python -m features materialize-incremental` in a worker pod
    (KubernetesPodOperator) or a local subprocess, per `FP_RUNNER`; the oldest extraction just
@@ -47,6 +49,7 @@ from core import settings as settings_mod
 from orchestration import alerts
 from orchestration.dag_defaults import default_args, features_asset
 from orchestration.worker import worker_task
+from pipeline.sequence import INGEST_STEPS
 
 SETTINGS = settings_mod.load()
 FEATURES_ASSET = features_asset(SETTINGS)
@@ -96,42 +99,40 @@ def hr_feature_pipeline():
     def plan_exports() -> list[dict]:
         from datetime import date
 
-        from pipeline import steps
+        from etl.schema import ContractError
+        from pipeline import ingest, steps
 
         context = get_current_context()
         params = context["params"]
         chosen = date.fromisoformat(params["extraction_date"]) if params.get("extraction_date") else None
+        settings = settings_mod.load()
         try:
-            planned = steps.pending_exports(settings_mod.load(), params["inbox"],
-                                            chosen or context["dag_run"].run_after.date(), chosen)
-        except (steps.InboxNotAllowed, steps.NoExportError) as exc:
+            planned = steps.pending_exports(settings, params["inbox"], chosen or context["dag_run"].run_after.date(),
+                                            chosen)
+            batches = ingest.plan_batches(settings, planned, params["row_count_tolerance_pct"] / 100)
+        except (steps.InboxNotAllowed, steps.NoExportError, ContractError) as exc:
             _fail_without_retry(str(exc))
         for as_of, source in planned:
             print(f"planned: the export of {as_of} ({source})")
-        return [{"as_of": as_of.isoformat(), "source": source} for as_of, source in planned]
+        return batches
 
-    @task
-    def ingest_exports(planned: list[dict]) -> list[str]:
-        from datetime import date
+    def ingest_step(name: str):
+        @task(task_id=name, doc_md=f"Ingest step `{name}` for every planned export, oldest first "
+                                   "(`pipeline.ingest.run_step`).")
+        def run(batches: list[dict]) -> list[dict]:
+            from pipeline import ingest
 
-        from pipeline import ingest
-        from etl.schema import ContractError
-        from expectations.gate import ValidationFailed
-
-        params = get_current_context()["params"]
-        settings = settings_mod.load()
-        published = []
-        for done, export in enumerate(planned, 1):
-            print(f"ingesting {done}/{len(planned)}: the export of {export['as_of']}")
-            try:
-                result = ingest.ingest(settings, export["source"], date.fromisoformat(export["as_of"]),
-                                       row_tolerance=params["row_count_tolerance_pct"] / 100)
-            except (ValidationFailed, ContractError) as exc:
-                done_note = f" (published before it: {', '.join(published)})" if published else ""
-                _fail_without_retry(f"the export of {export['as_of']} was rejected{done_note}: {exc}")
-            print(result.summary())
-            published.append(export["as_of"])
-        return published
+            context = get_current_context()
+            done = ingest.run_step(settings_mod.load(), name, batches, holder=f"{context['dag_run'].dag_id}/{context['run_id']}")
+            for batch in done:
+                print(ingest.Batch.from_dict(batch).progress(name))
+            rejected = next((b for b in done if b["rejected"]), None)
+            going_on = [b["as_of"] for b in done if not b["rejected"]]
+            if rejected and (not going_on or name == INGEST_STEPS[-1]):
+                published = f" (published before it: {', '.join(going_on)})" if going_on else ""
+                _fail_without_retry(f"the export of {rejected['as_of']} was rejected{published}: {rejected['rejected']}")
+            return done
+        return run
 
     @task
     def apply_definitions() -> list[str]:
@@ -181,10 +182,12 @@ def hr_feature_pipeline():
         return {"mismatches": 0, "checked": report.checked, "extraction": report.extraction}
 
     @task(outlets=[FEATURES_ASSET])
-    def announce_fresh_features(published: list[str]) -> list[str]:
-        return published
+    def announce_fresh_features(published: list[dict]) -> list[str]:
+        return [batch["as_of"] for batch in published]
 
-    published = ingest_exports(plan_exports())
+    published = plan_exports()
+    for name in INGEST_STEPS:
+        published = ingest_step(name)(published)
     applied = apply_definitions()
     published >> applied >> materialize
     health = check_online_store()

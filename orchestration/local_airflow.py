@@ -34,6 +34,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "AIRFLOW__CORE__ALLOWED_DESERIALIZATION_CLASSES_REGEXP": r"(airflow|orchestration)\..*",
+        # A DAG version without task instances is rewritten in place when its file changes, and
+        # Airflow's DAG cache trusts a cached version for this many seconds: at the default 30 a
+        # run started soon after (a changed features location, the next test) ran the DAG as it
+        # was parsed before, with the old Asset. Locally the cache always checks.
+        "AIRFLOW__CORE__MIN_SERIALIZED_DAG_UPDATE_INTERVAL": "0",
     }
 
 

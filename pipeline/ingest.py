@@ -1,10 +1,12 @@
 """Ingest one HR export: keep it, validate it, compute the features, validate them, publish.
 
-    keep_raw -> validate raw -> stage_features -> validate features -> publish
+    keep_raw -> validate_raw -> stage_features -> validate_features -> publish
 
-Each step is a function of its own; ``ingest`` runs them in order, and it is the one sequence:
-the nightly and backfill DAGs and ``python -m pipeline ingest`` all call it (``recompute`` runs it again
-for a published partition, from its kept raw export). Key layout: ``etl.layout``.
+The order is ``pipeline.sequence.INGEST_STEPS``; each step is a function of a ``Batch`` (``STEPS``).
+``ingest`` runs them all in one process (``python -m pipeline ingest``, the backfill DAG;
+``recompute`` for a published partition, from its kept raw export); ``run_step`` runs one step for
+the nightly DAG, which makes each its own Airflow task: the batch travels between tasks as XCom and
+every step reads what it needs from S3. Key layout: ``etl.layout``.
 
 A partition is one object: it is staged under ``staging/`` and published with a server-side copy,
 so readers see the previous version or the new one, never a half-written file, and re-running a
@@ -19,7 +21,7 @@ import io
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime, timezone
 
 import pyarrow as pa
@@ -31,6 +33,7 @@ from core.settings import Settings
 from etl import layout, schema, spec
 from etl.layout import partition_key, raw_key, staging_key
 from expectations import gate
+from pipeline.sequence import INGEST_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,117 @@ def publish(settings: Settings, as_of: date, staged_uri: str) -> str:
     return f"s3://{settings.s3_bucket}/{key}"
 
 
+# --- the steps ---------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """One export on its way through the steps: what each step leaves for the next.
+
+    ``as_dict``/``from_dict`` carry it between processes (the nightly DAG's tasks); the bytes a
+    step read or wrote stay in memory when the steps run in one process, and are read again from
+    S3 (the kept raw export, the staged partition) when they do not."""
+
+    as_of: date
+    source: str
+    file_name: str
+    validate: bool = True
+    row_tolerance: float = 0.25
+    raw_uri: str = ""
+    raw_already_kept: bool = False
+    staged_uri: str = ""
+    features_uri: str = ""
+    rows: int = 0
+    active: int = 0
+    features_bytes: int = 0
+    rejected: str = ""  # why this batch stopped (its step and reason), when it did
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    payload: bytes | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        kept = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("data", "payload")}
+        return {**kept, "as_of": self.as_of.isoformat()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Batch":
+        return cls(**{**values, "as_of": date.fromisoformat(values["as_of"])})
+
+    def progress(self, step: str) -> str:
+        """What ``step`` did to this batch, in a line for the task log."""
+        if self.rejected:
+            return f"the export of {self.as_of}: {self.rejected}"
+        done = {
+            "keep_raw": f"raw export {'already kept' if self.raw_already_kept else 'kept'} at {self.raw_uri}",
+            "validate_raw": "suite raw_hr_export passed" if self.validate else "suite raw_hr_export skipped",
+            "stage_features": f"{self.rows} feature rows ({self.active} active, {self.rows - self.active} leaving) "
+                              f"staged at {self.staged_uri}",
+            "validate_features": "suite employee_features passed",
+            "publish": f"published to {self.features_uri} ({self.features_bytes / 1e6:.1f} MB)",
+        }[step]
+        return f"the export of {self.as_of}: {done}"
+
+    def raw_bytes(self, settings: Settings) -> bytes:
+        if self.data is None:
+            self.data = s3.get_bytes(settings, s3.parse_uri(self.raw_uri)[1])
+        return self.data
+
+    def features_payload(self, settings: Settings) -> bytes:
+        if self.payload is None:
+            self.payload = s3.get_bytes(settings, s3.parse_uri(self.staged_uri)[1])
+        return self.payload
+
+
+def _keep_raw(settings: Settings, batch: Batch, held: lease.Lease) -> None:
+    if batch.data is None:
+        batch.data, batch.file_name = s3.read_source(settings, batch.source)
+    batch.raw_uri, batch.raw_already_kept = keep_raw(settings, batch.as_of, batch.data, batch.file_name)
+
+
+def _validate_raw(settings: Settings, batch: Batch, held: lease.Lease) -> None:
+    if not batch.validate:
+        return
+    outcome = gate.validate(settings, "raw", batch.source, as_of=batch.as_of, data=batch.raw_bytes(settings),
+                            row_tolerance=batch.row_tolerance, kept_at=batch.raw_uri)
+    if not outcome.passed:
+        raise gate.ValidationFailed(outcome)
+
+
+def _stage_features(settings: Settings, batch: Batch, held: lease.Lease) -> None:
+    table, batch.payload, batch.staged_uri = stage_features(settings, batch.raw_bytes(settings), batch.source,
+                                                           batch.as_of)
+    batch.rows, batch.features_bytes = table.num_rows, len(batch.payload)
+    batch.active = pc.sum(pc.cast(table[spec.ACTIVE], pa.int64())).as_py() or 0
+
+
+def _validate_features(settings: Settings, batch: Batch, held: lease.Lease) -> None:
+    # Always, --no-validate included: nothing the features suite rejects is ever published.
+    outcome = gate.validate(settings, "features", batch.staged_uri, as_of=batch.as_of,
+                            data=batch.features_payload(settings), row_tolerance=batch.row_tolerance,
+                            previous_rows=gate.previous_row_count(settings, batch.as_of),
+                            publish_report=batch.validate)
+    if not outcome.passed:
+        raise gate.ValidationFailed(outcome)
+
+
+def _publish(settings: Settings, batch: Batch, held: lease.Lease) -> None:
+    held.check()  # a run whose lease expired and was taken over must not publish over the newer run
+    batch.features_uri = publish(settings, batch.as_of, batch.staged_uri)
+
+
+_STEP_FUNCTIONS = {"keep_raw": _keep_raw, "validate_raw": _validate_raw, "stage_features": _stage_features,
+                   "validate_features": _validate_features, "publish": _publish}
+if set(_STEP_FUNCTIONS) != set(INGEST_STEPS):
+    raise ImportError(f"pipeline.sequence.INGEST_STEPS {INGEST_STEPS} and the step functions "
+                      f"{sorted(_STEP_FUNCTIONS)} differ")
+# The one sequence, in the order of pipeline.sequence.INGEST_STEPS.
+STEPS = tuple((name, _STEP_FUNCTIONS[name]) for name in INGEST_STEPS)
+
+# A lease the nightly DAG holds from its first ingest task to its last: long enough to wait for the
+# next task (or a retry's backoff); a run that died lets another run in after this.
+SPANNING_LEASE_SECONDS = 1800.0
+
+REJECTIONS = (gate.ValidationFailed, schema.ContractError)  # bad data: retrying cannot help
+
+
 def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
            row_tolerance: float = 0.25) -> IngestResult:
     """Run every ingest step for one export. Raises gate.ValidationFailed (batch quarantined),
@@ -143,13 +257,25 @@ def ingest(settings: Settings, source: str, as_of: date, validate: bool = True,
     started = time.perf_counter()
     check_extraction_date(source, as_of, future=not validate)
     data, file_name = s3.read_source(settings, source)
-    with s3.storage_errors(settings, f"store the run for {as_of} (nothing is published until the last step; "
+    batch = Batch(as_of, source, file_name, validate=validate, row_tolerance=row_tolerance, data=data)
+    return _run_all(settings, batch, f"ingest of {as_of} ({file_name})", started)
+
+
+def _run_all(settings: Settings, batch: Batch, what: str, started: float) -> IngestResult:
+    with s3.storage_errors(settings, f"store the run for {batch.as_of} (nothing is published until the last step; "
                                      "re-run when S3 answers)"):
         s3.ensure_bucket(settings)
         # One run per extraction date at a time, across machines: a second one stops (lease.Busy)
         # before writing anything, so exactly one version is published and exit codes tell the truth.
-        with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"ingest of {as_of} ({file_name})") as held:
-            return _ingest(settings, source, as_of, validate, row_tolerance, data, file_name, started, held)
+        with lease.Lease(settings, layout.ingest_lock_key(settings, batch.as_of), what) as held:
+            for _, step in STEPS:
+                step(settings, batch, held)
+    log.info("ingest %s as of %s: %d rows -> %s", batch.file_name, batch.as_of, batch.rows, batch.features_uri)
+    return IngestResult(
+        as_of=batch.as_of.isoformat(), source=batch.source, rows_in=batch.rows, rows_out=batch.rows,
+        active=batch.active, leavers=batch.rows - batch.active, raw_uri=batch.raw_uri,
+        raw_already_kept=batch.raw_already_kept, features_uri=batch.features_uri,
+        features_bytes=batch.features_bytes, seconds=time.perf_counter() - started, validated=batch.validate)
 
 
 def stale_partitions(settings: Settings) -> list[date]:
@@ -179,35 +305,69 @@ def recompute(settings: Settings, as_of: date, row_tolerance: float = 0.25) -> I
         data = s3.get_bytes(settings, kept[0])
         source = f"s3://{settings.s3_bucket}/{kept[0]}"
         file_name = kept[0][len(prefix) + 17:]
-        with lease.Lease(settings, layout.ingest_lock_key(settings, as_of), f"recompute of {as_of}") as held:
-            result = _ingest(settings, source, as_of, True, row_tolerance, data, file_name, started, held)
+    batch = Batch(as_of, source, file_name, row_tolerance=row_tolerance, data=data)
+    result = _run_all(settings, batch, f"recompute of {as_of}", started)
     log.info("recomputed the partition of %s from %s with the current code", as_of, source)
     return result
 
 
-def _ingest(settings: Settings, source: str, as_of: date, validate: bool, row_tolerance: float, data: bytes,
-            file_name: str, started: float, held: lease.Lease) -> IngestResult:
-    # The raw file is kept before anything can reject it: a bad export is never lost.
-    raw_uri, already = keep_raw(settings, as_of, data, file_name)
-    if validate:
-        outcome = gate.validate(settings, "raw", source, as_of=as_of, data=data, row_tolerance=row_tolerance,
-                                kept_at=raw_uri)
-        if not outcome.passed:
-            raise gate.ValidationFailed(outcome)
-    table, payload, staged_uri = stage_features(settings, data, source, as_of)
-    # Always, --no-validate included: nothing the features suite rejects is ever published.
-    outcome = gate.validate(settings, "features", staged_uri, as_of=as_of, data=payload, row_tolerance=row_tolerance,
-                            previous_rows=gate.previous_row_count(settings, as_of), publish_report=validate)
-    if not outcome.passed:
-        raise gate.ValidationFailed(outcome)
-    held.check()  # a run whose lease expired and was taken over must not publish over the newer run
-    features_uri = publish(settings, as_of, staged_uri)
-    active = pc.sum(pc.cast(table[spec.ACTIVE], pa.int64())).as_py() or 0
-    result = IngestResult(
-        as_of=as_of.isoformat(), source=source, rows_in=table.num_rows, rows_out=table.num_rows,
-        active=active, leavers=table.num_rows - active, raw_uri=raw_uri, raw_already_kept=already,
-        features_uri=features_uri, features_bytes=len(payload), seconds=time.perf_counter() - started,
-        validated=validate,
-    )
-    log.info("ingest %s as of %s: %d rows -> %s", file_name, as_of, table.num_rows, features_uri)
-    return result
+def plan_batches(settings: Settings, planned: list[tuple[date, str]], row_tolerance: float) -> list[dict]:
+    """The batches of a run that takes the steps one task at a time, oldest first."""
+    batches = []
+    for as_of, source in planned:
+        check_extraction_date(source, as_of)
+        batches.append(Batch(as_of, source, source.rsplit("/", 1)[-1], row_tolerance=row_tolerance).as_dict())
+    return batches
+
+
+def run_step(settings: Settings, name: str, batches: list[dict], holder: str) -> list[dict]:
+    """Run step ``name`` for each batch, oldest first, in a process of its own (a DAG task).
+
+    Each batch's date stays leased to ``holder`` (the DAG run) from the first step to the last,
+    across processes: this step resumes the lease and, unless it is the last step, leaves it for
+    the next. A batch that the data rejects (validation, contract) is quarantined by its step and
+    marked ``rejected``: it and every newer batch go no further (nothing newer is published before
+    it), while older ones go on to be published. Anything else (S3, the lease) raises, keeping the
+    lease for the task's retry."""
+    step = _STEP_FUNCTIONS[name]
+    last = name == INGEST_STEPS[-1]
+    out, stopped = [], None
+    for item in batches:
+        batch = Batch.from_dict(item)
+        if batch.rejected or stopped is not None:
+            held = lease.Lease(settings, layout.ingest_lock_key(settings, batch.as_of), "", holder=holder)
+            if not batch.rejected:
+                batch.rejected = f"not ingested: the older export of {stopped} was rejected"
+                _release(held)
+            out.append(batch.as_dict())
+            stopped = stopped or batch.as_of
+            continue
+        held = lease.Lease(settings, layout.ingest_lock_key(settings, batch.as_of),
+                           f"nightly ingest of {batch.as_of} ({batch.file_name})", seconds=SPANNING_LEASE_SECONDS,
+                           holder=holder)
+        with s3.storage_errors(settings, f"{name} for {batch.as_of} (re-run the task when S3 answers)"):
+            if name == INGEST_STEPS[0]:
+                s3.ensure_bucket(settings)
+            held.acquire()
+            try:
+                step(settings, batch, held)
+            except REJECTIONS as exc:
+                batch.rejected = f"{name}: {exc}"
+                stopped = batch.as_of
+                held.release()
+            except BaseException:
+                held.suspend()
+                raise
+            else:
+                held.release() if last else held.suspend()
+        out.append(batch.as_dict())
+    return out
+
+
+def _release(held: lease.Lease) -> None:
+    """Release a lease this holder may hold for a batch it will not take further."""
+    try:
+        held.acquire()
+    except lease.Busy:
+        return  # held by another run: not ours to release
+    held.release()

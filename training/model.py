@@ -240,9 +240,7 @@ def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZO
     promoted = metrics["roc_auc"] >= MIN_ROC_AUC
     if promoted:
         promote(settings, version)
-    result = TrainResult(version, uri, metrics, promoted)
-    log.info(result.summary())
-    return result
+    return TrainResult(version, uri, metrics, promoted)
 
 
 @dataclass

@@ -68,3 +68,37 @@ def test_a_lease_taken_over_meanwhile_is_noticed_before_the_step_that_must_happe
     finally:
         lease.release()
     assert json.loads(s3.get_bytes(stack, key))["host"] == "another-host", "never deletes another run's lease"
+
+
+def test_a_lease_spanning_processes_waits_for_its_holder_and_no_one_else(stack):
+    """The nightly DAG's ingest tasks: one process takes the lease and suspends it at its end; the
+    next process of the same holder resumes it, anyone else is refused although the process that
+    last renewed it is gone (a spanning lease ends by expiry or release, not by pid)."""
+    key = _key("span")
+    first = os.fork()
+    if first == 0:
+        Lease(stack, key, "keep_raw of run 1", seconds=60, holder="run-1").acquire().suspend()
+        os._exit(0)
+    os.waitpid(first, 0)
+    assert json.loads(s3.get_bytes(stack, key))["holder"] == "run-1"
+    with pytest.raises(Busy, match="keep_raw of run 1"):
+        Lease(stack, key, "an ingest of the same date").acquire()
+    with pytest.raises(Busy):
+        Lease(stack, key, "another run", holder="run-2").acquire()
+    resumed = Lease(stack, key, "publish of run 1", seconds=60, holder="run-1").acquire()
+    resumed.check()
+    assert json.loads(s3.get_bytes(stack, key))["pid"] == os.getpid()
+    resumed.release()
+    assert not s3.exists(stack, key)
+
+
+def test_a_suspended_lease_expires_when_its_holder_never_comes_back(stack):
+    key = _key("span-expiry")
+    Lease(stack, key, "a run that died between tasks", seconds=1, holder="run-1").acquire().suspend()
+    with pytest.raises(Busy):
+        Lease(stack, key, "too early").acquire()
+    import time
+
+    time.sleep(1.2)
+    with Lease(stack, key, "after expiry"):
+        assert json.loads(s3.get_bytes(stack, key))["what"] == "after expiry"

@@ -20,6 +20,7 @@ from orchestration import local_airflow
 from deploy import check as check_mod
 from deploy.check import TARGET_KUBERNETES_VERSION
 from orchestration.worker import LocalCommandOperator, kubernetes_operator, worker_spec
+from pipeline.sequence import INGEST_STEPS
 
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY_MODULES = ("feast", "great_expectations", "pandas", "sklearn", "duckdb", "pyarrow.parquet", "s3fs", "dask")
@@ -198,7 +199,9 @@ def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook, monkeypa
                                                                        "apply_definitions": "auto"})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "success", states
-    assert set(states.values()) == {"success"} and len(states) == 7
+    assert set(states.values()) == {"success"}
+    assert list(states)[:6] == ["plan_exports", *INGEST_STEPS], "each ingest step is a task, in the one order"
+    assert len(states) == 11
     from features import store as fs
 
     store = fs.open_store(stack)
@@ -221,11 +224,11 @@ def test_bad_export_stops_the_run_before_anything_is_served(stack, nightly_env, 
         run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox)})
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "failed"
-    assert states["ingest_exports"] == "failed"
+    assert (states["keep_raw"], states["validate_raw"]) == ("success", "failed"), states
     for downstream in ("materialize_incremental", "announce_fresh_features"):
         assert states[downstream] in {"upstream_failed", "skipped"}, states
     alerts = [a for a in webhook.received if a.get("kind") == "task_failed"]
-    assert alerts and alerts[0]["task_id"] == "ingest_exports" and alerts[0]["dag_id"] == "hr_feature_pipeline"
+    assert alerts and alerts[0]["task_id"] == "validate_raw" and alerts[0]["dag_id"] == "hr_feature_pipeline"
     assert "JobSatisfaction" in alerts[0]["error"] and alerts[0]["run_id"] == run_id
     assert alerts[0]["log_url"]
     # Bad data fails fast: the alert says so, and that no retry follows.
@@ -265,10 +268,45 @@ def test_the_nightly_run_catches_up_after_skipped_nights(stack, airflow_home, ex
     states = local_airflow.task_states("hr_feature_pipeline", run_id)
     assert state == "success", states
     assert layout.list_partitions(settings) == days
-    assert _xcom(run_id, "ingest_exports") == [d.isoformat() for d in days[1:]], "both skipped nights, oldest first"
+    assert _xcom(run_id, "announce_fresh_features") == [d.isoformat() for d in days[1:]], "both skipped nights, oldest first"
     created = [layout.read_partition(settings, d, ["created_timestamp"])["created_timestamp"][0].as_py() for d in days]
     assert created[1] < created[2], "September was published before October"
     assert online.served_extraction(settings) == days[-1]
+
+
+@pytest.mark.integration
+def test_a_rejected_export_stops_the_catch_up_there_and_the_older_one_is_published(stack, airflow_home, exports,
+                                                                                    tmp_path, monkeypatch):
+    """August published; September is good, October breaks the raw suite. The run publishes
+    September, quarantines October, publishes nothing newer, and fails at its last ingest step with
+    the reason; no lease of either date is left behind."""
+    from helpers import cli_env, ingest_exports, isolated
+    from core import s3
+    from etl import layout
+
+    settings = isolated(stack, tmp_path, "catchup-bad")
+    for name, value in cli_env(settings).items():
+        monkeypatch.setenv(name, value)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for path in exports[-3:]:
+        (inbox / path.name).write_bytes(path.read_bytes())
+    lines = exports[-1].read_text().splitlines()
+    column = lines[0].split(",").index("JobSatisfaction")
+    lines[1] = ",".join("7" if i == column else v for i, v in enumerate(lines[1].split(",")))
+    (inbox / exports[-1].name).write_text("\n".join(lines) + "\n")
+    days = [datetime.fromisoformat(p.stem.removeprefix("hr_export_")).date() for p in exports[-3:]]
+    ingest_exports(settings, exports[-3:-2])
+
+    run_id, state = local_airflow.run_dag("hr_feature_pipeline", conf={"inbox": str(inbox)})
+    states = local_airflow.task_states("hr_feature_pipeline", run_id)
+    assert state == "failed"
+    assert [states[name] for name in INGEST_STEPS] == ["success"] * 4 + ["failed"], states
+    assert states["materialize_incremental"] == "upstream_failed"
+    assert layout.list_partitions(settings) == days[:2], "September published, October not"
+    assert s3.list_keys(settings, f"{settings.s3_quarantine_prefix}/raw_hr_export/extraction_date={days[2]}/")
+    assert s3.list_keys(settings, layout.raw_prefix(settings, days[2])), "the rejected export is kept as received"
+    assert not [k for d in days[1:] for k in s3.list_keys(settings, layout.ingest_lock_key(settings, d))]
 
 
 def _xcom(run_id: str, task_id: str):

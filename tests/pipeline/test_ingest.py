@@ -14,8 +14,9 @@ import pytest
 
 from helpers import ROOT, Proxy, cli_env, isolated, run_cli
 from core import s3
-from core.lease import Lease
+from core.lease import Busy, Lease
 from pipeline import ingest as ing
+from pipeline.sequence import INGEST_STEPS
 from etl import layout
 from etl.layout import partition_key, partition_prefix, raw_key
 from etl.generate import export_name
@@ -345,3 +346,56 @@ def test_hostile_shapes_are_refused_in_one_short_line_and_quarantined_once(stack
     reason = json.loads(s3.get_bytes(settings, quarantined[0]))
     assert reason["batch"] == f"s3://{settings.s3_bucket}/{raw}"
     assert message in json.dumps(reason["failures"])
+
+
+def _steps_one_by_one(settings, batches: list[dict], holder: str, between=None) -> list[dict]:
+    """The nightly DAG's way: each step on its own, the batches carried between them as plain data."""
+    for name in INGEST_STEPS:
+        batches = json.loads(json.dumps(ing.run_step(settings, name, batches, holder)))
+        if between:
+            between(name, batches)
+    return batches
+
+
+def test_the_steps_taken_one_at_a_time_publish_what_one_ingest_publishes(stack, exports, tmp_path):
+    days = [date.fromisoformat(p.stem.removeprefix("hr_export_")) for p in exports[-2:]]
+    whole = isolated(stack, tmp_path, "whole")
+    for path, day in zip(exports[-2:], days):
+        ing.ingest(whole, str(path), day)
+    stepwise = isolated(stack, tmp_path, "stepwise")
+    busy = []
+
+    def another_run_meanwhile(name, batches):
+        if name != INGEST_STEPS[-1]:  # the date stays leased to the run between its tasks
+            with pytest.raises(Busy, match="nightly ingest of"):
+                ing.ingest(stepwise, str(exports[-1]), days[-1])
+            busy.append(name)
+
+    done = _steps_one_by_one(stepwise, ing.plan_batches(stepwise, list(zip(days, map(str, exports[-2:]))), 0.25),
+                             "hr_feature_pipeline/run-1", another_run_meanwhile)
+    assert busy == list(INGEST_STEPS[:-1])
+    assert [b["rejected"] for b in done] == ["", ""]
+    assert layout.list_partitions(stepwise) == layout.list_partitions(whole) == days
+    for day in days:
+        ours, theirs = (layout.read_partition(s, day).drop_columns(["created_timestamp"]) for s in (stepwise, whole))
+        assert ours.equals(theirs), day
+        assert s3.list_keys(stepwise, layout.staging_prefix(stepwise, day)) == []
+        assert not s3.exists(stepwise, layout.ingest_lock_key(stepwise, day)), "released by the last step"
+
+
+def test_a_rejected_batch_stops_there_older_ones_are_published_newer_ones_not(stack, exports, tmp_path):
+    settings = isolated(stack, tmp_path, "rejected")
+    paths = exports[-3:]
+    days = [date.fromisoformat(p.stem.removeprefix("hr_export_")) for p in paths]
+    lines = paths[1].read_text().splitlines()
+    column = lines[0].split(",").index("JobSatisfaction")
+    lines[1] = ",".join("7" if i == column else v for i, v in enumerate(lines[1].split(",")))
+    bad = tmp_path / paths[1].name
+    bad.write_text("\n".join(lines) + "\n")
+    sources = [str(paths[0]), str(bad), str(paths[2])]
+    done = _steps_one_by_one(settings, ing.plan_batches(settings, list(zip(days, sources)), 0.25), "run-1")
+    assert done[0]["rejected"] == "" and done[0]["features_uri"]
+    assert done[1]["rejected"].startswith("validate_raw: ") and "JobSatisfaction" in done[1]["rejected"]
+    assert done[2]["rejected"] == f"not ingested: the older export of {days[1]} was rejected"
+    assert layout.list_partitions(settings) == days[:1]
+    assert [k for d in days for k in s3.list_keys(settings, layout.ingest_lock_key(settings, d))] == []
