@@ -1,23 +1,23 @@
-"""`python -m deploy check`: validate helm-values/ and deploy/k8s/ offline (exit 0 ok, 1 problems)."""
+"""`python -m deploy validate`: validate helm-values/ and deploy/k8s/ offline (exit 0 ok, 1 problems)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from deploy import check
+from deploy import validate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__)
-    parser.add_argument("command", choices=["check"])
+    parser.add_argument("command", choices=["validate"])
     parser.parse_args(argv)
-    problems = check.check_all()
+    problems = validate.check_all()
     for problem in problems:
         print(f"PROBLEM {problem}")
-    releases, documents = len(check.RELEASES), len(check.manifests())
+    releases, documents = len(validate.RELEASES), len(validate.manifests())
     print(f"{len(problems)} problem(s) in {releases} Helm releases and {documents} manifests "
-          f"(Kubernetes {check.TARGET_KUBERNETES_VERSION}, strict)")
+          f"(Kubernetes {validate.TARGET_KUBERNETES_VERSION}, strict)")
     return 1 if problems else 0
 
 

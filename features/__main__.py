@@ -4,7 +4,7 @@
     python -m features materialize-incremental 2026-11-24T02:00:00+00:00 --refresh-extraction 2026-10-31
     python -m features materialize 2026-01-01 2026-11-24
     python -m features online --employee-id 17 42
-    python -m features check [--model-features s3://.../model.json]
+    python -m features breaking-changes [--model-features s3://.../model.json]
 
 The same argv runs on a laptop and in the worker pod; configuration comes from the environment.
 """
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     win = sub.add_parser("materialize", help="load an explicit event-time window into Redis")
     win.add_argument("start", type=_timestamp)
     win.add_argument("end", type=_timestamp)
-    chk = sub.add_parser("check", help="exit 1 if the definitions would break the registry's consumers")
+    chk = sub.add_parser("breaking-changes", help="exit 1 if the definitions would break the registry's consumers")
     chk.add_argument("--model-features", default=None,
                      help="JSON with the model's ordered feature_refs (file or s3:// URI); "
                           "default: the latest model's, if one was published")
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, settings: settings_mod.Settings) -> int:
     store = fs.open_store(settings)
-    if args.command == "check":
-        from features import check
+    if args.command == "breaking-changes":
+        from features import compatibility
         from features.definitions import build
 
-        model_location = None if args.without_model else args.model_features or check.latest_model_location(settings)
-        model = check.load_model_features(settings, model_location) if model_location else None
-        breaks = check.compare(store, list(build(settings)), model)
+        model_location = None if args.without_model else args.model_features or compatibility.latest_model_location(settings)
+        model = compatibility.load_model_features(settings, model_location) if model_location else None
+        breaks = compatibility.compare(store, list(build(settings)), model)
         changed = fs.changed_definitions(store, settings)
         for item in breaks:
             print(f"BREAKING {item}")

@@ -59,7 +59,7 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
                 for f in spec.FEATURES],
         source=source,
         online=True,
-        # Which code computed each feature (etl.spec): `python -m features check` compares them.
+        # Which code computed each feature (etl.spec): `python -m features breaking-changes` compares them.
         tags={"team": "people-analytics", "pii": "none", **fingerprint_tags(spec.fingerprints())},
     )
     service = FeatureService(

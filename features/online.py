@@ -451,10 +451,10 @@ def check_service(store, service: str, model_refs: list[str], model_version: str
 def served_refs(store, settings: Settings, service: str = FEATURE_SERVICE) -> list[str]:
     """The order vectors are served in: the current model's, checked against the registry; with no
     model trained through ``service`` yet, the service's declared order."""
-    from features import check
+    from features import compatibility
 
-    location = check.latest_model_location(settings)
-    model = check.load_model_features(settings, location) if location else None
+    location = compatibility.latest_model_location(settings)
+    model = compatibility.load_model_features(settings, location) if location else None
     if model is None or model.service != service:
         return service_feature_refs(store, service)
     check_service(store, service, list(model.refs), location)

@@ -1,4 +1,4 @@
-"""`python -m monitoring check [--json]`: is what Redis serves fresh, complete and not evicted?
+"""`python -m monitoring health [--json]`: is what Redis serves fresh, complete and not evicted?
 
 Exit status: 0 healthy, 1 unhealthy or Redis unreachable (the message says which). Run by the
 nightly DAG after materialization, and on demand.
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="check the online store")
+    c = sub.add_parser("health", help="check the online store's health")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--sample", type=int, default=None, help="read the timestamps of N entities (default: all)")
     c.add_argument("--max-staleness-hours", type=float, default=None,

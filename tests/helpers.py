@@ -266,6 +266,17 @@ def cli_env(settings: Settings, **extra: str) -> dict:
             "FP_REDIS_URL": settings.redis_url, **extra}
 
 
+def rejected_export(source: Path, folder: Path) -> Path:
+    """``source`` with one JobSatisfaction rating of 7 (the scale is 1-4): the raw suite rejects
+    it. Under the same file name in ``folder``."""
+    lines = source.read_text().splitlines()
+    column = lines[0].split(",").index("JobSatisfaction")
+    lines[1] = ",".join("7" if i == column else v for i, v in enumerate(lines[1].split(",")))
+    bad = folder / source.name
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
 def corrected_export(source: Path, folder: Path, column: str, employees) -> Path:
     """``source`` as the HR system re-sends it: ``column`` corrected for ``employees`` (a rating of
     1 becomes 4, any other becomes 1), under the same file name in ``folder``."""

@@ -18,7 +18,7 @@ from core.fingerprint import code_fingerprint
 from etl import spec
 from pipeline import ingest as ing
 from etl import layout
-from features import check, online
+from features import compatibility, online
 from features import store as fs
 from features.definitions import build, fingerprint_tags, tagged_fingerprints
 from training import dataset, model
@@ -112,7 +112,7 @@ def test_a_changed_formula_is_a_breaking_change_naming_the_feature(history, tmp_
     settings, _, _ = history
     changed = _checkout_with(tmp_path / "formula", "return pc.divide(pc.cast(total, _F64), 4.0)",
                              "return pc.divide(pc.cast(total, _F64), 3.0)")
-    proc = run_cli("features", "check", env=cli_env(settings), cwd=changed)
+    proc = run_cli("features", "breaking-changes", env=cli_env(settings), cwd=changed)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
     breaking = [line for line in proc.stdout.splitlines() if line.startswith("BREAKING")]
     assert len(breaking) == 1 and "feature employee_features:overall_satisfaction: its transformation changed" \
@@ -120,7 +120,7 @@ def test_a_changed_formula_is_a_breaking_change_naming_the_feature(history, tmp_
 
     commented = _checkout_with(tmp_path / "comment", "return pc.divide(pc.cast(total, _F64), 4.0)",
                                "return pc.divide(pc.cast(total, _F64), 4.0)  # the mean of four ratings")
-    proc = run_cli("features", "check", env=cli_env(settings), cwd=commented)
+    proc = run_cli("features", "breaking-changes", env=cli_env(settings), cwd=commented)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
 
 
@@ -128,15 +128,15 @@ def test_a_changed_transformation_is_accepted_with_a_new_service_version(history
     settings, store, _ = history
     entity, source, view, service = build(settings)
     view.tags = {**view.tags, **fingerprint_tags({**spec.fingerprints(), "tenure": "0123456789abcdef"})}
-    current_model = check.load_model_features(settings, check.latest_model_location(settings))
-    breaks = check.compare(store, [entity, source, view, service], current_model)
+    current_model = compatibility.load_model_features(settings, compatibility.latest_model_location(settings))
+    breaks = compatibility.compare(store, [entity, source, view, service], current_model)
     assert [b.what for b in breaks] == ["feature employee_features:tenure"]
     from feast import FeatureService
 
     v2 = FeatureService(name="attrition_model_v2", features=[view[list(spec.FEATURE_NAMES)]])
-    assert check.compare(store, [entity, source, view, service, v2], current_model) == []
+    assert compatibility.compare(store, [entity, source, view, service, v2], current_model) == []
     # Without the model (a pull-request check has no S3): the registry's services are the consumers.
-    assert [b.what for b in check.compare(store, [entity, source, view, service])] == ["feature employee_features:tenure"]
+    assert [b.what for b in compatibility.compare(store, [entity, source, view, service])] == ["feature employee_features:tenure"]
 
 
 def _republish_as_other_code(settings, day, fingerprints: dict) -> None:

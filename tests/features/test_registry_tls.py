@@ -75,7 +75,7 @@ def test_the_registry_works_over_verified_tls(stack, tmp_path, tls_postgres):
     store = fs.open_store(settings)
     assert "FeatureView employee_features" in fs.apply(store, settings)
     assert [v.name for v in fs.open_store(settings).list_feature_views()] == ["employee_features"]
-    proc = run_cli("features", "check", "--without-model", env=cli_env(settings))
+    proc = run_cli("features", "breaking-changes", "--without-model", env=cli_env(settings))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     # The URL's TLS parameters are what the registry client uses: the same URL with another CA fails.
     wrong = replace(settings, registry_url=_url(port, sslmode="verify-full", sslrootcert=str(other)))

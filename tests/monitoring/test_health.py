@@ -32,7 +32,7 @@ def materialized(stack, exports, tmp_path_factory):
 
 def test_fresh_complete_store_is_healthy(materialized, tmp_path):
     metrics = tmp_path / "online_store.prom"
-    proc = run_cli("monitoring", "check", "--json", "--metrics-file", str(metrics), env=cli_env(materialized))
+    proc = run_cli("monitoring", "health", "--json", "--metrics-file", str(metrics), env=cli_env(materialized))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["healthy"] and report["active_missing"] == 0 and report["stale_active"] == 0
@@ -73,7 +73,7 @@ def test_deleted_keys_fail_coverage_naming_how_many(materialized):
     try:
         report = health.check(materialized, save=False)
         assert not report.healthy and report.active_missing == 7
-        unhealthy = run_cli("monitoring", "check", env=cli_env(materialized))
+        unhealthy = run_cli("monitoring", "health", env=cli_env(materialized))
         assert unhealthy.returncode == 1 and "UNHEALTHY" in unhealthy.stdout, unhealthy.stdout[-2000:]
         assert any(p.startswith("7 of ") and "have no online features" in p for p in report.problems)
         # The tolerance decides: 7 missing is within 50% and beyond (7 - 1) of the active count.
@@ -142,7 +142,7 @@ def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting
 
 def test_unreachable_redis_is_a_clear_error(materialized):
     env = {**cli_env(materialized), "FP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    proc = run_cli("monitoring", "check", env=env)
+    proc = run_cli("monitoring", "health", env=env)
     assert proc.returncode == 1
     assert "cannot reach Redis at redis://127.0.0.1:" in proc.stderr and "FP_REDIS_URL" in proc.stderr
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import ROOT, Proxy, cli_env, isolated, run_cli
+from helpers import ROOT, Proxy, cli_env, isolated, rejected_export, run_cli
 from core import s3
 from core.lease import Busy, Lease
 from pipeline import ingest as ing
@@ -387,12 +387,7 @@ def test_a_rejected_batch_stops_there_older_ones_are_published_newer_ones_not(st
     settings = isolated(stack, tmp_path, "rejected")
     paths = exports[-3:]
     days = [date.fromisoformat(p.stem.removeprefix("hr_export_")) for p in paths]
-    lines = paths[1].read_text().splitlines()
-    column = lines[0].split(",").index("JobSatisfaction")
-    lines[1] = ",".join("7" if i == column else v for i, v in enumerate(lines[1].split(",")))
-    bad = tmp_path / paths[1].name
-    bad.write_text("\n".join(lines) + "\n")
-    sources = [str(paths[0]), str(bad), str(paths[2])]
+    sources = [str(paths[0]), str(rejected_export(paths[1], tmp_path)), str(paths[2])]
     done = _steps_one_by_one(settings, ing.plan_batches(settings, list(zip(days, sources)), 0.25), "run-1")
     assert done[0]["rejected"] == "" and done[0]["features_uri"]
     assert done[1]["rejected"].startswith("validate_raw: ") and "JobSatisfaction" in done[1]["rejected"]

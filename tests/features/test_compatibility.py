@@ -1,4 +1,4 @@
-"""`python -m features check` against real SQLite and PostgreSQL registries."""
+"""`python -m features breaking-changes` against real SQLite and PostgreSQL registries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from feast import Field
 from feast.types import Float32, Int64
 
 from helpers import cli_env, isolated, run_cli
-from features import check
+from features import compatibility
 from features import store as fs
 from features.definitions import build
 
@@ -59,7 +59,7 @@ CASES = {
 def test_breaking_changes_are_named(registry, case):
     settings, store = registry
     change, expected = CASES[case]
-    breaks = [str(b) for b in check.compare(store, _candidates(settings, change))]
+    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings, change))]
     assert any(expected in b for b in breaks), breaks
 
 
@@ -69,15 +69,15 @@ def test_additive_change_passes(registry):
     def add(entity, view, service):
         view.features = [*view.features, Field(name="team_size", dtype=Int64)]
 
-    assert check.compare(store, _candidates(settings, add)) == []
-    assert check.compare(store, _candidates(settings)) == []
+    assert compatibility.compare(store, _candidates(settings, add)) == []
+    assert compatibility.compare(store, _candidates(settings)) == []
 
 
 def test_model_feature_list_is_checked(registry, tmp_path):
     settings, store = registry
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"feature_refs": ["employee_features:tenure", "employee_features:bonus"]}))
-    breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
+    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
     assert "current model: needs employee_features:bonus, no longer defined" in breaks
 
 
@@ -88,21 +88,21 @@ def test_a_service_order_other_than_the_models_breaks(registry, tmp_path):
                                                  "career_velocity", "overall_satisfaction")]
     model = tmp_path / "features.json"
     model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": refs}))
-    assert check.compare(store, _candidates(settings), check.load_model_features(settings, str(model))) == []
+    assert compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model))) == []
     model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": [refs[1], refs[0], *refs[2:]]}))
-    breaks = [str(b) for b in check.compare(store, _candidates(settings), check.load_model_features(settings, str(model)))]
+    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
     assert len(breaks) == 1 and breaks[0].startswith("feature service attrition_model_v1: declares"), breaks
     env = cli_env(settings)
-    proc = run_cli("features", "check", "--model-features", str(model), env=env)
+    proc = run_cli("features", "breaking-changes", "--model-features", str(model), env=env)
     assert proc.returncode == 1 and "BREAKING feature service attrition_model_v1: declares" in proc.stdout
 
 
 def test_cli_exit_status(registry, tmp_path):
     settings, _ = registry
     env = cli_env(settings)
-    ok = run_cli("features", "check", env=env)
+    ok = run_cli("features", "breaking-changes", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"feature_refs": ["employee_features:gone"]}))
-    bad = run_cli("features", "check", "--model-features", str(model), env=env)
+    bad = run_cli("features", "breaking-changes", "--model-features", str(model), env=env)
     assert bad.returncode == 1 and "BREAKING current model: needs employee_features:gone" in bad.stdout

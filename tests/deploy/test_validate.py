@@ -7,33 +7,33 @@ import re
 
 import pytest
 
-from deploy import check
+from deploy import validate
 
-RELEASES = list(check.RELEASES)
+RELEASES = list(validate.RELEASES)
 
 
 def layers_of(release: str) -> list[dict]:
-    _, files = check.RELEASES[release]
-    return [check.load_yaml(check.VALUES_DIR / f) for f in files]
+    _, files = validate.RELEASES[release]
+    return [validate.load_yaml(validate.VALUES_DIR / f) for f in files]
 
 
 @pytest.mark.parametrize("release", RELEASES)
 def test_values_validate_against_the_chart(release):
-    problems = check.check_release(release)
+    problems = validate.check_release(release)
     assert problems == [], "\n".join(map(str, problems))
 
 
-@pytest.mark.parametrize("name, doc", check.manifests(), ids=[n for n, _ in check.manifests()])
+@pytest.mark.parametrize("name, doc", validate.manifests(), ids=[n for n, _ in validate.manifests()])
 def test_manifests_validate_strictly(name, doc):
-    problems = check.check_manifest(name, doc)
+    problems = validate.check_manifest(name, doc)
     assert problems == [], "\n".join(map(str, problems))
 
 
 def test_every_chart_has_its_schema_and_defaults_copied():
-    for chart, _ in check.RELEASES.values():
-        assert (check.CHART_DATA / chart / "values.yaml").exists()
-    assert (check.CHART_DATA / "airflow" / "values.schema.json").exists()
-    assert "1.22.0" in (check.CHART_DATA / "airflow" / "Chart.yaml").read_text()
+    for chart, _ in validate.RELEASES.values():
+        assert (validate.CHART_DATA / chart / "values.yaml").exists()
+    assert (validate.CHART_DATA / "airflow" / "values.schema.json").exists()
+    assert "1.22.0" in (validate.CHART_DATA / "airflow" / "Chart.yaml").read_text()
 
 
 PLANTED = {
@@ -65,23 +65,23 @@ def test_planted_mistakes_are_caught(case):
     release, mutate, expected = PLANTED[case]
     layers = layers_of(release)
     mutate(layers[0])
-    problems = "\n".join(map(str, check.check_release(release, layers)))
+    problems = "\n".join(map(str, validate.check_release(release, layers)))
     assert re.search(expected, problems), problems
 
 
 def test_a_manifest_typo_and_a_literal_secret_are_caught():
-    name, doc = next((n, d) for n, d in check.manifests() if d["kind"] == "Role")
+    name, doc = next((n, d) for n, d in validate.manifests() if d["kind"] == "Role")
     doc = {**doc, "rulez": doc["rules"]}
-    assert any("invalid" in str(p) for p in check.check_manifest(name, doc))
+    assert any("invalid" in str(p) for p in validate.check_manifest(name, doc))
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "y"},
               "stringData": {"FP_REDIS_URL": "redis://:pw@redis:6379/0"}}
-    assert any("literal secret value" in str(p) for p in check.check_manifest("secret", secret))
+    assert any("literal secret value" in str(p) for p in validate.check_manifest("secret", secret))
 
 
 def _serving_documents():
     import copy
 
-    return [(n, copy.deepcopy(d)) for n, d in check.manifests() if n.startswith("serving.yaml")]
+    return [(n, copy.deepcopy(d)) for n, d in validate.manifests() if n.startswith("serving.yaml")]
 
 
 def _deployment(documents, name):
@@ -90,7 +90,7 @@ def _deployment(documents, name):
 
 def test_serving_manifests_pass_and_run_the_local_flags():
     documents = _serving_documents()
-    assert check.serving_problems(documents) == []
+    assert validate.serving_problems(documents) == []
     kinds = {(d["kind"], d["metadata"]["name"]) for _, d in documents}
     for name in ("feature-server", "attrition-api"):
         assert {("Deployment", name), ("Service", name), ("PodDisruptionBudget", name),
@@ -116,21 +116,21 @@ def test_planted_serving_mistakes_are_caught(case):
     documents = _serving_documents()
     mutate, expected = SERVING_PLANTED[case]
     mutate(documents)
-    problems = check.serving_problems(documents) + [p for n, d in documents for p in check.workload_problems(n, d)]
+    problems = validate.serving_problems(documents) + [p for n, d in documents for p in validate.workload_problems(n, d)]
     assert re.search(expected, "\n".join(map(str, problems))), problems
 
 
 def test_the_network_is_default_deny_and_the_stores_admit_only_clients():
-    documents = check.manifests()
-    assert check.network_problems(documents) == []
+    documents = validate.manifests()
+    assert validate.network_problems(documents) == []
     without_deny = [(n, d) for n, d in documents if d["metadata"]["name"] != "default-deny"]
-    assert "no default-deny NetworkPolicy" in str(check.network_problems(without_deny))
+    assert "no default-deny NetworkPolicy" in str(validate.network_problems(without_deny))
 
 
 def _documents():
     import copy
 
-    return [(n, copy.deepcopy(d)) for n, d in check.manifests()]
+    return [(n, copy.deepcopy(d)) for n, d in validate.manifests()]
 
 
 def _named(documents, kind, name):
@@ -139,44 +139,44 @@ def _named(documents, kind, name):
 
 SECURITY_PLANTED = {
     "worker egress to any address": (lambda docs: _named(docs, "NetworkPolicy", "feature-platform-worker")["spec"]
-                                     ["egress"][0].pop("to"), check.egress_problems, r"allows any address"),
+                                     ["egress"][0].pop("to"), validate.egress_problems, r"allows any address"),
     "internet egress reaching the metadata service": (
         lambda docs: _named(docs, "NetworkPolicy", "attrition-api")["spec"]["egress"][2]["to"][0]["ipBlock"]
-        .__setitem__("except", []), check.egress_problems, r"169\.254\.0\.0/16"),
+        .__setitem__("except", []), validate.egress_problems, r"169\.254\.0\.0/16"),
     "feature server without the CA": (
         lambda docs: _named(docs, "Deployment", "feature-server")["spec"]["template"]["spec"]["containers"][0]
-        ["volumeMounts"].pop(), check.tls_problems, r"feature-server\).*mount Secret feature-platform-ca"),
+        ["volumeMounts"].pop(), validate.tls_problems, r"feature-server\).*mount Secret feature-platform-ca"),
     "no admission policy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "ValidatingAdmissionPolicy")),
-                            check.admission_problems, r"no ValidatingAdmissionPolicy"),
+                            validate.admission_problems, r"no ValidatingAdmissionPolicy"),
     "admission policy only warns": (
         lambda docs: _named(docs, "ValidatingAdmissionPolicyBinding", "feature-platform-worker-pods")["spec"]
-        .__setitem__("validationActions", ["Warn"]), check.admission_problems, r"no ValidatingAdmissionPolicy"),
+        .__setitem__("validationActions", ["Warn"]), validate.admission_problems, r"no ValidatingAdmissionPolicy"),
     "any Secret admitted": (
         lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]["validations"]
-        .pop(3), check.admission_problems, r"does not restrict pods to the worker Secret"),
+        .pop(3), validate.admission_problems, r"does not restrict pods to the worker Secret"),
     # The policy's CEL runs offline on the pod Airflow renders and on pods one mistake away from it.
     "a hostPath admitted (CEL)": (
         lambda docs: _validation(docs, "emptyDir").__setitem__(
             "expression", "object.spec.?volumes.orValue([]).all(v, !has(v.secret) || "
                           "v.secret.secretName == 'feature-platform-ca')"),
-        check.admission_problems, r"admits a worker pod with a hostPath volume"),
+        validate.admission_problems, r"admits a worker pod with a hostPath volume"),
     "root admitted (CEL)": (
         lambda docs: _validation(docs, "runAsNonRoot").__setitem__(
             "expression", "variables.containers.all(c, c.?securityContext.?privileged.orValue(false) == false)"),
-        check.admission_problems, r"admits a worker pod with root"),
+        validate.admission_problems, r"admits a worker pod with root"),
     "the worker pod denied (CEL)": (
         lambda docs: _validation(docs, "c.image.startsWith").__setitem__(
             "expression", "variables.containers.all(c, c.image.startsWith('docker.io/'))"),
-        check.admission_problems, r"denies the worker pod Airflow renders: worker pods run the worker image only"),
+        validate.admission_problems, r"denies the worker pod Airflow renders: worker pods run the worker image only"),
     "init containers not checked (CEL)": (
         lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]["variables"][0]
         .__setitem__("expression", "object.spec.containers"),
-        check.admission_problems, r"admits a worker pod with an init container with another image"),
+        validate.admission_problems, r"admits a worker pod with an init container with another image"),
     "matches everyone (CEL)": (
         lambda docs: _named(docs, "ValidatingAdmissionPolicy", "feature-platform-worker-pods")["spec"]
         ["matchConditions"][0].__setitem__("expression", "request.userInfo.username != '' || "
                                                           "request.userInfo.username == 'system:serviceaccount:airflow:airflow-worker'"),
-        check.admission_problems, r"applies to pods the platform's own Deployments create"),
+        validate.admission_problems, r"applies to pods the platform's own Deployments create"),
 }
 
 
@@ -186,8 +186,8 @@ def _validation(documents, needle: str) -> dict:
 
 
 def test_security_checks_pass_on_the_repository():
-    documents = check.manifests()
-    assert check.egress_problems(documents) == check.tls_problems(documents) == check.admission_problems(documents) == []
+    documents = validate.manifests()
+    assert validate.egress_problems(documents) == validate.tls_problems(documents) == validate.admission_problems(documents) == []
 
 
 @pytest.mark.parametrize("case", list(SECURITY_PLANTED))
@@ -202,19 +202,19 @@ def test_planted_security_mistakes_are_caught(case):
 def test_redis_and_the_registry_database_require_tls(release):
     layers = layers_of(release)
     layers[0]["tls"]["enabled"] = False
-    problems = check.tls_problems(check.manifests(), {release: layers})
+    problems = validate.tls_problems(validate.manifests(), {release: layers})
     assert [str(p) for p in problems] == [f"{release}: tls.enabled: must be true (clients verify the certificate)"]
 
 
 def test_redis_policy_suits_feast_keys():
-    merged, _ = check.release_values("redis")
+    merged, _ = validate.release_values("redis")
     assert "maxmemory-policy noeviction" in merged["commonConfiguration"]
     assert merged["image"]["repository"].startswith("bitnamilegacy/")
 
 
 def test_dockerfiles_are_pinned_and_non_root():
     for name in ("Dockerfile.worker", "Dockerfile.airflow"):
-        text = (check.ROOT / "deploy" / name).read_text()
+        text = (validate.ROOT / "deploy" / name).read_text()
         base = re.search(r"^FROM (\S+)", text, re.MULTILINE).group(1)
         assert ":" in base and not base.endswith(":latest"), base
         assert re.search(r"^USER (?!root|0\b)\S+", text, re.MULTILINE), f"{name} must switch to a non-root user"
@@ -224,7 +224,7 @@ def test_dockerfiles_are_pinned_and_non_root():
 def test_cli_reports_no_problems():
     from deploy.__main__ import main
 
-    assert main(["check"]) == 0
+    assert main(["validate"]) == 0
 
 
 def _build_context(dockerfile: str, folder) -> tuple[list[str], object]:
@@ -232,7 +232,7 @@ def _build_context(dockerfile: str, folder) -> tuple[list[str], object]:
     COPY takes from the build context, laid out under WORKDIR, and the requirements file it installs."""
     import shutil
 
-    text = (check.ROOT / "deploy" / dockerfile).read_text()
+    text = (validate.ROOT / "deploy" / dockerfile).read_text()
     requirements, app = None, folder / "app"
     for line in text.splitlines():
         parts = line.split()
@@ -240,7 +240,7 @@ def _build_context(dockerfile: str, folder) -> tuple[list[str], object]:
             continue
         sources, destination = [p for p in parts[1:-1] if not p.startswith("--")], parts[-1]
         for source in sources:
-            origin = check.ROOT / source
+            origin = validate.ROOT / source
             assert origin.exists(), f"{dockerfile}: COPY {source}: not in the build context"
             if source.startswith("requirements"):
                 requirements = source
@@ -260,7 +260,7 @@ def _build_context(dockerfile: str, folder) -> tuple[list[str], object]:
 IMAGE_RUNS = {
     # What each image runs: the worker pod's commands; the Airflow tasks' modules.
     "Dockerfile.worker": ["import features.__main__, training.__main__, monitoring.__main__, serving.__main__, "
-                          "etl.__main__; from features import store, check; from training import model"],
+                          "etl.__main__; from features import store, compatibility; from training import model"],
     "Dockerfile.airflow": ["import pipeline.steps, orchestration.worker, orchestration.alerts, pipeline.ingest, "
                            "features.store, training.model, monitoring.health, expectations.gate"],
 }
@@ -278,7 +278,7 @@ def test_each_image_installs_from_what_its_dockerfile_copies(dockerfile, tmp_pat
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    uv = check.ROOT / ".venv" / "bin" / "uv"
+    uv = validate.ROOT / ".venv" / "bin" / "uv"
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
     for argv in (["--require-hashes", "--no-deps", "-r", str(app / requirements)], ["--no-deps", str(app)]):
         installed = subprocess.run([str(uv), "pip", "install", "-q", "--python", str(python), *argv],
