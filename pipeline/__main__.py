@@ -4,7 +4,8 @@
     python -m pipeline demo
 
 `ingest` keeps the raw export, validates it, computes the features, validates them and publishes
-the partition (pipeline.ingest, the one sequence of those steps; the DAGs run the same function).
+the partition (pipeline.ingest, in the order of pipeline/sequence.py: the backfill DAG runs the same
+function, the nightly DAG each step as a task of its own).
 Exit status: 0 done, 1 rejected by validation (quarantined; the message names file, column and
 rule and where the report is), 2 unreadable export or bad arguments, 3 storage unreachable or
 refused, 4 another run of that date is in progress (nothing done).
