@@ -116,8 +116,6 @@ class Lease:
             raise Busy(f"another run holds {self.uri}: {holder['what']} by pid {holder['pid']} on {holder['host']} "
                        f"(renewed {holder['renewed']}); nothing was done. Re-run after it ends; if it died, its "
                        f"lease expires in {left:.0f} s")
-        reason = ("resumed by the same run" if ours else "its process is gone" if dead_here
-                  else f"it expired at {holder['expires']}")
         try:
             self.etag = self._put(IfMatch=current["ETag"])
         except ClientError as exc:
@@ -127,6 +125,7 @@ class Lease:
         if ours:
             log.info("resumed %s (%s)", self.uri, self.what)
             return
+        reason = "its process is gone" if dead_here else f"it expired at {holder['expires']}"
         log.warning("took over %s from pid %s on %s: %s", self.uri, holder["pid"], holder["host"], reason)
 
     def renew(self) -> None:

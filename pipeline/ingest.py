@@ -335,10 +335,9 @@ def run_step(settings: Settings, name: str, batches: list[dict], holder: str) ->
     for item in batches:
         batch = Batch.from_dict(item)
         if batch.rejected or stopped is not None:
-            held = lease.Lease(settings, layout.ingest_lock_key(settings, batch.as_of), "", holder=holder)
             if not batch.rejected:
                 batch.rejected = f"not ingested: the older export of {stopped} was rejected"
-                _release(held)
+                _release(lease.Lease(settings, layout.ingest_lock_key(settings, batch.as_of), "", holder=holder))
             out.append(batch.as_dict())
             stopped = stopped or batch.as_of
             continue

@@ -105,9 +105,9 @@ class FeatureServiceReads:
         self._counts = feast_server._resolve_feature_counts
         self._bin = feast_server.bin_feature_count
         self._ttl = ttl_seconds
-        self._plans: dict[tuple[str, bool], tuple[float, _Series, online.ServiceRead | None]] = {}
+        self._plans: dict[tuple[str, bool], tuple[float, _Series | None, online.ServiceRead | None]] = {}
 
-    def _plan(self, name: str, full_feature_names: bool) -> tuple["_Series", online.ServiceRead | None]:
+    def _plan(self, name: str, full_feature_names: bool) -> tuple["_Series | None", online.ServiceRead | None]:
         """The service's read plan and its metric series, rebuilt from the registry cache at most
         once per registry TTL. Feast rebuilds the service from its protobuf (with runtime type
         checks) on every lookup: measured, that was 70% of a request through Feast's route."""
@@ -117,8 +117,9 @@ class FeatureServiceReads:
             service = self.store.get_feature_service(name, allow_cache=True)
             feature_count, view_count = self._counts(service)
             plan = online.ServiceRead.plan(self.store, service, full_feature_names)
+            # Only a service read here gets its series: Feast's route records the others.
             series = _Series(self._metrics, self._bin(int(feature_count), self._bins), view_count,
-                             plan.view_name if plan else "")
+                             plan.view_name) if plan else None
             cached = (now, series, plan)
             self._plans[(name, full_feature_names)] = cached
         return cached[1], cached[2]
@@ -160,7 +161,7 @@ class _Series:
     ``track_online_store_read``, ``track_feature_statuses``), with each labelled series resolved
     once per plan instead of by label lookup on every request."""
 
-    ENDPOINT = "/get-online-features"
+    ENDPOINT = ONLINE_FEATURES[1]
 
     def __init__(self, metrics, feature_count: str, view_count, view_name: str):
         self._on = metrics._config
