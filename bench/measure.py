@@ -127,13 +127,14 @@ def _prepare_materialization(entities: int) -> settings_mod.Settings:
 
 def materialize_ours(entities: int) -> dict:
     from features import store as fs  # Feast is slow to import; only this measurement needs it
+    from features.resources import Resources
 
     settings = _prepare_materialization(entities)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
+    resources = Resources(settings)
+    fs.apply(resources)
     start = datetime(AS_OF.year, AS_OF.month, AS_OF.day, tzinfo=timezone.utc) - timedelta(days=1)
     started = time.perf_counter()
-    fs.materialize(store, settings, datetime.now(timezone.utc), start=start)
+    fs.materialize(resources, datetime.now(timezone.utc), start=start)
     seconds = time.perf_counter() - started
     _drop_keys(settings)
     return {"seconds": seconds, "peak_mb": peak_rss_mb()}
@@ -190,11 +191,13 @@ def _drop_keys(settings: settings_mod.Settings) -> None:
 def _prepare_health(entities: int) -> settings_mod.Settings:
     """A project with ``entities`` employees materialized (timing of this part is not measured)."""
     from features import store as fs
+    from features.resources import Resources
 
     settings = _prepare_materialization(entities)
     settings = replace(settings, feast_project=f"benchhealth_{entities}")
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
+    resources = Resources(settings)
+    store = resources.store
+    fs.apply(resources)
     start = datetime(AS_OF.year, AS_OF.month, AS_OF.day, tzinfo=timezone.utc) - timedelta(days=1)
     store.materialize(start_date=start, end_date=datetime.now(timezone.utc), feature_views=["employee_features"])
     return settings
@@ -259,13 +262,14 @@ def _prepare_retrieval(labels: int):
 
 def retrieval_ours(labels: int) -> dict:
     from features import store as fs
+    from features.resources import Resources
     from training import dataset
 
     settings, frame = _prepare_retrieval(labels)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
+    resources = Resources(settings)
+    fs.apply(resources)
     started = time.perf_counter()
-    result = dataset.point_in_time(store, settings, frame)
+    result = dataset.point_in_time(resources, frame)
     seconds = time.perf_counter() - started
     if len(result) != len(frame):
         raise SystemExit(f"retrieval returned {len(result)} rows for {len(frame)} label rows")

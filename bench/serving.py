@@ -55,6 +55,7 @@ def prepare(settings) -> int:
     from pipeline import ingest as ing
     from features import online
     from features import store as fs
+    from features.resources import Resources
     from training import model
 
     s3.ensure_bucket(settings)
@@ -65,13 +66,13 @@ def prepare(settings) -> int:
         paths = gen.generate(folder, employees=EMPLOYEES, months=MONTHS, end=end, seed=5)
         for path in paths:
             ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")), validate=False)
-        store = fs.open_store(settings)
-        fs.apply(store, settings)
+        resources = Resources.for_process(settings)
+        fs.apply(resources)
         first = date.fromisoformat(paths[0].stem.removeprefix("hr_export_"))
         from etl import spec
 
-        fs.materialize(store, settings, datetime.now(timezone.utc), start=spec.extraction_timestamp(first))
-        result = model.train(store, settings)
+        fs.materialize(resources, datetime.now(timezone.utc), start=spec.extraction_timestamp(first))
+        result = model.train(resources)
         if not result.promoted:
             model.promote(settings, result.version)
     return online.served_roster(settings).active_ids()[0]

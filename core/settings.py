@@ -211,11 +211,6 @@ class Settings:
             env["AWS_ENDPOINT_URL"] = self.s3_endpoint_url
         return env
 
-    def export_to_environ(self) -> None:
-        """Make Feast and AWS libraries in this process see the same configuration as our code."""
-        os.environ.update(self.feast_env())
-        os.environ.update(self.s3_env())
-
 
 def local_s3_credentials_file(local_dir: Path) -> Path:
     return local_dir / "s3-credentials.json"

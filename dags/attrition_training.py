@@ -19,7 +19,7 @@ from airflow.sdk import Param, dag
 
 from core import settings as settings_mod
 from orchestration.dag_defaults import default_args, features_asset
-from orchestration.worker import Resources, worker_task
+from orchestration.worker import PodResources, worker_task
 
 SETTINGS = settings_mod.load()
 
@@ -43,7 +43,7 @@ def attrition_training():
     # Exit status 2 is "not enough data yet" (too little history for labels and a test period): the
     # task ends skipped, and its log says what is missing, instead of failing and alerting.
     worker_task("train_model", ["python", "-m", "training", "train", "--horizon-extractions", "{{ params.horizon_extractions }}"],
-                SETTINGS, resources=Resources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"),
+                SETTINGS, resources=PodResources(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi"),
                 skip_on_exit_code=2)
 
 

@@ -88,9 +88,9 @@ def feature_backfill():
     @task(trigger_rule="none_failed")
     def apply_definitions() -> list[str]:
         from features import store as fs
+        from features.resources import Resources
 
-        settings = settings_mod.load()
-        return fs.apply(fs.open_store(settings), settings, only_if_changed=True)
+        return fs.apply(Resources.for_process(settings_mod.load()), only_if_changed=True)
 
     planned = plan()
     loaded = reingest.expand(export=exports_of(planned))

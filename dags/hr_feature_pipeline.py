@@ -137,12 +137,12 @@ def hr_feature_pipeline():
     @task
     def apply_definitions() -> list[str]:
         from features import store as fs
+        from features.resources import Resources
 
         mode = get_current_context()["params"]["apply_definitions"]
         if mode == "never":
             return []
-        settings = settings_mod.load()
-        return fs.apply(fs.open_store(settings), settings, only_if_changed=(mode == "auto"))
+        return fs.apply(Resources.for_process(settings_mod.load()), only_if_changed=(mode == "auto"))
 
     materialize = worker_task(
         "materialize_incremental",
@@ -166,14 +166,13 @@ def hr_feature_pipeline():
 
     @task
     def check_training_serving_skew() -> dict:
-        from features import store as fs
+        from features.resources import Resources
         from training import model
 
         import zlib
 
-        settings = settings_mod.load()
         seed = zlib.crc32(get_current_context()["run_id"].encode())
-        report = model.skew_check(fs.open_store(settings), settings, seed=seed)
+        report = model.skew_check(Resources.for_process(settings_mod.load()), seed=seed)
         for line in report.mismatches[:50]:
             print(f"SKEW {line}")
         print(report.summary())

@@ -24,6 +24,7 @@ from core import settings as settings_mod
 from core.s3 import StorageError
 from features import online
 from features import store as fs
+from features.resources import Resources
 
 
 def _timestamp(text: str) -> datetime:
@@ -79,32 +80,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, settings: settings_mod.Settings) -> int:
-    store = fs.open_store(settings)
+    resources = Resources.for_process(settings)
     if args.command == "breaking-changes":
         from features import compatibility
         from features.definitions import build
 
         model_location = None if args.without_model else args.model_features or compatibility.latest_model_location(settings)
         model = compatibility.load_model_features(settings, model_location) if model_location else None
-        breaks = compatibility.compare(store, list(build(settings)), model)
-        changed = fs.changed_definitions(store, settings)
+        breaks = compatibility.compare(resources.store, list(build(settings)), model)
+        changed = fs.changed_definitions(resources)
         for item in breaks:
             print(f"BREAKING {item}")
         print(f"{len(breaks)} breaking change(s); objects that would change on apply: {', '.join(changed) or 'none'}"
               + (f"; checked against the model's features at {model_location}" if model_location else ""))
         return 1 if breaks else 0
     if args.command == "apply":
-        for name in fs.apply(store, settings):
+        for name in fs.apply(resources):
             print(f"applied {name}")
     elif args.command == "materialize-incremental":
-        print(fs.materialize(store, settings, args.end or datetime.now(timezone.utc),
+        print(fs.materialize(resources, args.end or datetime.now(timezone.utc),
                              refresh=args.refresh_extraction).summary())
     elif args.command == "materialize":
-        print(fs.materialize(store, settings, args.end, start=args.start).summary())
+        print(fs.materialize(resources, args.end, start=args.start).summary())
     elif args.command == "online":
         try:
-            refs = online.served_refs(store, settings, args.service)
-            vectors = online.online_vectors(store, settings, args.employee_id, refs=refs, service=args.service)
+            refs = online.served_refs(resources, args.service)
+            vectors = online.online_vectors(resources, args.employee_id, refs=refs, service=args.service)
         except online.ServingError as exc:
             print(f"error ({exc.reason}): {exc}", file=sys.stderr)
             return 1

@@ -22,7 +22,7 @@ from feast.infra.compute_engines.local.feature_builder import LocalFeatureBuilde
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.infra.compute_engines.local.nodes import LocalOutputNode
 
-from features.store import ensure_offline_engine
+from features.resources import ensure_offline_engine
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class PlatformComputeEngine(LocalComputeEngine):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         # The offline read goes to S3 through DuckDB: set up here too for processes that load the
-        # repository without features.store.open_store (the stock `feast` CLI).
+        # repository without features.resources (the stock `feast` CLI).
         ensure_offline_engine()
 
     def _materialize_one(self, registry, task: MaterializationTask, **kwargs) -> LocalMaterializationJob:

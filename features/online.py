@@ -24,7 +24,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pyarrow.compute as pc
@@ -34,6 +34,9 @@ from core import s3
 from core.settings import Settings
 from etl import spec
 from etl import layout
+
+if TYPE_CHECKING:
+    from features.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -448,27 +451,27 @@ def check_service(store, service: str, model_refs: list[str], model_version: str
                            f"{registered}, the model was trained on {list(model_refs)}", "mismatch")
 
 
-def served_refs(store, settings: Settings, service: str = FEATURE_SERVICE) -> list[str]:
+def served_refs(resources: "Resources", service: str = FEATURE_SERVICE) -> list[str]:
     """The order vectors are served in: the current model's, checked against the registry; with no
     model trained through ``service`` yet, the service's declared order."""
     from features import compatibility
 
-    location = compatibility.latest_model_location(settings)
-    model = compatibility.load_model_features(settings, location) if location else None
+    location = compatibility.latest_model_location(resources.settings)
+    model = compatibility.load_model_features(resources.settings, location) if location else None
     if model is None or model.service != service:
-        return service_feature_refs(store, service)
-    check_service(store, service, list(model.refs), location)
+        return service_feature_refs(resources.store, service)
+    check_service(resources.store, service, list(model.refs), location)
     return list(model.refs)
 
 
-def online_vectors(store, settings: Settings, employee_ids: list[int], *, refs: list[str] | None = None,
+def online_vectors(resources: "Resources", employee_ids: list[int], *, refs: list[str] | None = None,
                    service: str = FEATURE_SERVICE, roster: Roster | None = None,
                    now: datetime | None = None) -> dict[int, list]:
     """Strict online vectors through the SDK, in ``refs`` order (default: the service's)."""
     from features.definitions import FEATURE_TTL
 
-    refs = refs or service_feature_refs(store, service)
-    roster = roster or served_roster(settings)
+    refs = refs or service_feature_refs(resources.store, service)
+    roster = roster or served_roster(resources.settings)
     if roster is None:
-        raise ServingError(f"no features partition is published under {settings.features_uri}", "unavailable")
-    return assemble(fetch_sdk(store, employee_ids, service), names_of(refs), roster, FEATURE_TTL, now)
+        raise ServingError(f"no features partition is published under {resources.settings.features_uri}", "unavailable")
+    return assemble(fetch_sdk(resources.store, employee_ids, service), names_of(refs), roster, FEATURE_TTL, now)

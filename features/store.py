@@ -1,8 +1,7 @@
 """The Feast feature store as the pipeline uses it: apply, materialize, serve only active employees.
 
-Feast reads its configuration from features/feature_store.yaml, whose values come from the
-environment; ``open_store`` exports them from core.settings first, so a laptop and a pod load the
-same repository the same way.
+Each function takes the process's ``Resources`` (features/resources.py): its settings, the store
+built from them and the online store's Redis client.
 """
 
 from __future__ import annotations
@@ -10,79 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlparse
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
 
-from core.settings import Settings
 from etl import spec
 from features import online
 from features.online import FEATURE_SERVICE, FEATURE_VIEW
+from features.resources import Resources
 
 log = logging.getLogger(__name__)
-
-REPO_PATH = Path(__file__).resolve().parent
-
-
-def open_store(settings: Settings) -> FeatureStore:
-    settings.export_to_environ()
-    configure_offline_engine(settings)
-    return FeatureStore(repo_path=str(REPO_PATH))
-
-
-_offline_engine_configured = False
-
-
-def ensure_offline_engine() -> None:
-    """Configure the offline engine from the environment unless this process already did.
-
-    A process that loads the repository without ``open_store`` (the stock ``feast`` CLI run in
-    features/) gets the same S3 access from the same settings; one that called ``open_store``
-    keeps what it chose."""
-    if not _offline_engine_configured:
-        from core import settings as settings_mod
-
-        configure_offline_engine(settings_mod.load())
-
-
-def configure_offline_engine(settings: Settings) -> None:
-    """Let the DuckDB offline store read our S3: httpfs from its PyPI package, our credentials.
-
-    Feast's duckdb store reads through ibis's default DuckDB connection. The httpfs extension is
-    loaded from the `duckdb-ext-httpfs` package (never downloaded: autoinstall is off), and an S3
-    secret carries the endpoint, region and keys of core.settings. With no keys configured (an IAM
-    role), DuckDB's credential chain is used.
-    """
-    import duckdb
-    import ibis
-
-    connection = ibis.duckdb.connect()
-    raw = connection.con
-    extensions = Path(duckdb.__file__).resolve().parent.parent / "duckdb_ext" / "extensions"
-    raw.execute("SET autoinstall_known_extensions = false")
-    raw.execute(f"SET extension_directory = {_sql_string(str(extensions))}")
-    raw.execute("LOAD httpfs")
-    options = [f"REGION {_sql_string(settings.s3_region)}"]
-    if settings.aws_access_key_id and settings.aws_secret_access_key:
-        options += [f"KEY_ID {_sql_string(settings.aws_access_key_id)}",
-                    f"SECRET {_sql_string(settings.aws_secret_access_key)}"]
-    if settings.s3_endpoint_url:
-        endpoint = urlparse(settings.s3_endpoint_url)
-        options += [f"ENDPOINT {_sql_string(endpoint.netloc)}", "URL_STYLE 'path'",
-                    f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}"]
-    raw.execute(f"CREATE OR REPLACE SECRET feature_platform_s3 (TYPE s3, {', '.join(options)})")
-    ibis.set_backend(connection)
-    global _offline_engine_configured
-    _offline_engine_configured = True
-
-
-def _sql_string(value: str) -> str:
-    """A DuckDB string literal (CREATE SECRET takes no bound parameters): quotes doubled."""
-    return "'" + value.replace("'", "''") + "'"
-
 
 def _label(obj) -> str:
     return f"{type(obj).__name__} {obj.name}"
@@ -124,14 +61,14 @@ def _is_changed(store: FeatureStore, obj) -> bool:
     return registered is None or _definition(registered) != _definition(obj)
 
 
-def changed_definitions(store: FeatureStore, settings: Settings) -> list[str]:
+def changed_definitions(resources: Resources) -> list[str]:
     """Repository objects that differ from (or are missing in) the registry."""
     from features.definitions import build  # Feast object construction is only needed here
 
-    return [_label(o) for o in build(settings) if _is_changed(store, o)]
+    return [_label(o) for o in build(resources.settings) if _is_changed(resources.store, o)]
 
 
-def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False) -> list[str]:
+def apply(resources: Resources, only_if_changed: bool = False) -> list[str]:
     """Register the definitions; return what was applied. Materialization watermarks survive.
 
     An apply that replaces a feature view must not reset its materialization intervals, or the
@@ -140,7 +77,8 @@ def apply(store: FeatureStore, settings: Settings, only_if_changed: bool = False
     """
     from features.definitions import build
 
-    objects = list(build(settings))
+    store = resources.store
+    objects = list(build(resources.settings))
     changed = [o for o in objects if _is_changed(store, o)]
     if only_if_changed and not changed:
         log.info("feature definitions unchanged; nothing to apply")
@@ -166,18 +104,15 @@ def registry_error(exc: Exception) -> str:
     return reason[0][:300] if reason else type(exc).__name__
 
 
-def _online_client(store: FeatureStore):
-    return store._get_provider().online_store._get_client(store.config.online_store)
-
-
-def retire(store: FeatureStore, employee_ids) -> int:
+def retire(resources: Resources, employee_ids) -> int:
     """Remove these employees' `employee_features` values from Redis, in Feast's own key layout."""
     ids = sorted(int(i) for i in employee_ids)
     if not ids:
         return 0
+    store = resources.store
     view = store.get_feature_view(FEATURE_VIEW)
     fields = online.feature_fields(view.name, [f.name for f in view.features])
-    client = _online_client(store)
+    client = resources.redis
     removed = 0
     for start in range(0, len(ids), 5000):
         with client.pipeline(transaction=False) as pipe:
@@ -208,7 +143,7 @@ class MaterializeResult:
                 f"{self.retired} leavers removed from the online store")
 
 
-def materialize(store: FeatureStore, settings: Settings, end: datetime, start: datetime | None = None,
+def materialize(resources: Resources, end: datetime, start: datetime | None = None,
                 refresh: date | None = None) -> MaterializeResult:
     """Incremental (from the last watermark) when ``start`` is None, else the explicit window.
 
@@ -222,6 +157,7 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
     Redis; its one-day window is loaded explicitly too.
     """
     started = time.perf_counter()
+    store, settings = resources.store, resources.settings
     if start is None:
         store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
         mode = "incremental"
@@ -238,7 +174,7 @@ def materialize(store: FeatureStore, settings: Settings, end: datetime, start: d
     roster = online.read_roster(settings, extraction) if extraction else None
     retired = 0
     if roster is not None:
-        retired = retire(store, roster.left)
+        retired = retire(resources, roster.left)
         online.commit_served(settings, roster, retired)
     result = MaterializeResult(mode, end.isoformat(), time.perf_counter() - started,
                                len(roster.active) if roster is not None else 0, retired,

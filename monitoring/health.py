@@ -171,10 +171,10 @@ def save_state(settings: Settings, state: dict) -> None:
 
 
 def _materialized_until(settings: Settings) -> datetime | None:
-    from features import store as fs  # Feast is only needed for this one read
+    from features.resources import Resources  # Feast is only needed for this one read
 
     try:
-        view = fs.open_store(settings).get_feature_view(FEATURE_VIEW)
+        view = Resources.for_process(settings).store.get_feature_view(FEATURE_VIEW)
     except Exception as exc:  # noqa: BLE001 - a registry problem is reported, not fatal to the other checks
         log.warning("could not read the registry's materialization intervals: %s", exc)
         return None

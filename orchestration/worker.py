@@ -28,7 +28,9 @@ CA_MOUNT_PATH = "/etc/feature-platform/tls"
 
 
 @dataclass(frozen=True)
-class Resources:
+class PodResources:
+    """CPU and memory a worker pod requests and is limited to."""
+
     cpu_request: str = "500m"
     cpu_limit: str = "2"
     memory_request: str = "1Gi"
@@ -40,11 +42,11 @@ class WorkerSpec:
     task_id: str
     argv: list[str]
     env: dict[str, str]
-    resources: Resources = field(default_factory=Resources)
+    resources: PodResources = field(default_factory=PodResources)
 
 
-def worker_spec(task_id: str, argv: list[str], settings: Settings, resources: Resources | None = None) -> WorkerSpec:
-    return WorkerSpec(task_id, list(argv), settings.worker_env(), resources or Resources())
+def worker_spec(task_id: str, argv: list[str], settings: Settings, resources: PodResources | None = None) -> WorkerSpec:
+    return WorkerSpec(task_id, list(argv), settings.worker_env(), resources or PodResources())
 
 
 class LocalCommandOperator(BaseOperator):
@@ -121,7 +123,7 @@ def kubernetes_operator(spec: WorkerSpec, settings: Settings, **kwargs):
     )
 
 
-def worker_task(task_id: str, argv: list[str], settings: Settings, resources: Resources | None = None, **kwargs):
+def worker_task(task_id: str, argv: list[str], settings: Settings, resources: PodResources | None = None, **kwargs):
     """The operator for a heavy step, chosen by FP_RUNNER (``local`` or ``kubernetes``)."""
     spec = worker_spec(task_id, argv, settings, resources)
     if settings.runner == "kubernetes":

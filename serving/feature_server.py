@@ -251,9 +251,9 @@ def serve(settings: Settings, host: str, port: int, flags: Flags = FLAGS) -> Non
     from feast.permissions.server.utils import (AuthManagerType, ServerType, init_auth_manager, init_security_manager,
                                                 str_to_auth_manager_type)
 
-    from features import store as fs
+    from features.resources import Resources
 
-    store = fs.open_store(settings)
+    store = Resources.for_process(settings).store
     if flags.metrics:
         feast_metrics.start_metrics_server(store, port=settings.feature_server_metrics_port,
                                            metrics_config=feast_metrics.build_metrics_flags(None),

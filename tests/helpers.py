@@ -260,10 +260,13 @@ def make_pki(folder: Path, hosts: list[str]) -> Path:
 
 
 def cli_env(settings: Settings, **extra: str) -> dict:
-    """The variables that point a CLI or a server at ``settings``' prefixes, project, registry and Redis."""
+    """The variables that point a CLI or a server at ``settings``' prefixes, project, registry, Redis
+    and S3 credentials (passed explicitly: a child with another FP_LOCAL_DIR finds no local ones)."""
+    credentials = {"AWS_ACCESS_KEY_ID": settings.aws_access_key_id or "",
+                   "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key or ""}
     return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
             "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url, **extra}
+            "FP_REDIS_URL": settings.redis_url, **(credentials if settings.aws_access_key_id else {}), **extra}
 
 
 def rejected_export(source: Path, folder: Path) -> Path:
@@ -301,15 +304,16 @@ def ingest_exports(settings: Settings, paths: list[Path]) -> None:
 
 def served_history(settings: Settings, paths: list[Path]):
     """``paths`` ingested, the definitions applied, Redis loaded and a model trained and promoted
-    (whether or not it passed the quality gate, which is not what its callers test): (store, result)."""
+    (whether or not it passed the quality gate, which is not what its callers test): (resources, result)."""
     from features import store as fs
+    from features.resources import Resources
     from training import model
 
     ingest_exports(settings, paths)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=2)
+    resources = Resources(settings)
+    fs.apply(resources)
+    fs.materialize(resources, datetime.now(timezone.utc))
+    result = model.train(resources, horizon=2)
     if not result.promoted:
         model.promote(settings, result.version)
-    return store, result
+    return resources, result

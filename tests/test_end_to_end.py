@@ -19,6 +19,7 @@ from pipeline import ingest as ing
 from etl import layout
 from features import online
 from features import store as fs
+from features.resources import Resources
 
 pytestmark = pytest.mark.integration
 
@@ -38,29 +39,29 @@ def test_online_vector_equals_the_row_written(slice_settings, exports):
     as_of = date(2026, 10, 31)
     for path in exports[-2:]:
         ing.ingest(settings, str(path), date.fromisoformat(path.stem.removeprefix("hr_export_")))
-    store = fs.open_store(settings)
-    applied = fs.apply(store, settings)
+    resources = Resources(settings)
+    applied = fs.apply(resources)
     assert applied == ["Entity employee_id", "FileSource employee_features_source",
                        "FeatureView employee_features", "FeatureService attrition_model_v1"]
-    assert settings.registry_url.split(":")[0] in str(store.config.registry.path)
+    assert settings.registry_url.split(":")[0] in str(resources.store.config.registry.path)
 
-    result = fs.materialize(store, settings, datetime.now(timezone.utc))
+    result = fs.materialize(resources, datetime.now(timezone.utc))
     written = layout.read_partition(settings, as_of).to_pylist()
     active = [r for r in written if r["is_active"]]
     leavers = [r for r in written if not r["is_active"]]
     assert result.active == len(active) and leavers
 
     sample = active[:25]
-    vectors = online.online_vectors(store, settings, [r["employee_id"] for r in sample])
+    vectors = online.online_vectors(resources, [r["employee_id"] for r in sample])
     for row in sample:
         assert vectors[row["employee_id"]] == [row[name] for name in spec.FEATURE_NAMES], row["employee_id"]
 
-    assert online.service_feature_refs(store) == [f"employee_features:{name}" for name in spec.FEATURE_NAMES]
+    assert online.service_feature_refs(resources.store) == [f"employee_features:{name}" for name in spec.FEATURE_NAMES]
 
     with pytest.raises(online.ServingError, match=f"employee {leavers[0]['employee_id']}: left") as refused:
-        online.online_vectors(store, settings, [leavers[0]["employee_id"]])
+        online.online_vectors(resources, [leavers[0]["employee_id"]])
     assert refused.value.reason == "left"
-    response = store.get_online_features(features=["employee_features:tenure"],
+    response = resources.store.get_online_features(features=["employee_features:tenure"],
                                          entity_rows=[{"employee_id": r["employee_id"]} for r in leavers]).to_dict()
     assert response["tenure"] == [None] * len(leavers), "leavers are not served"
 

@@ -26,6 +26,7 @@ from core.s3 import StorageError
 from etl.schema import ContractError
 from expectations.gate import ValidationFailed
 from features import store as fs
+from features.resources import Resources
 from features.online import ServingError
 from training import dataset, model
 
@@ -50,17 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.setup()
     settings = settings_mod.load()
     try:
-        store = fs.open_store(settings)
+        resources = Resources.for_process(settings)
         if args.command == "train":
-            result = model.train(store, settings, horizon=args.horizon_extractions, recompute=args.recompute_history)
+            result = model.train(resources, horizon=args.horizon_extractions, recompute=args.recompute_history)
             print(result.summary())
             return 0 if result.promoted else 1
         if args.command == "predict":
-            scores = model.predict(store, settings, args.employee_id)
+            scores = model.predict(resources, args.employee_id)
             print(json.dumps({"model": model.load_latest(settings).version,
                               "probability_of_leaving": {str(k): round(v, 4) for k, v in scores.items()}}, indent=2))
             return 0
-        report = model.skew_check(store, settings, seed=args.seed)
+        report = model.skew_check(resources, seed=args.seed)
         for line in report.mismatches[:50]:
             print(f"SKEW {line}")
         print(report.summary())

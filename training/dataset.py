@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import pandas as pd
-from feast import FeatureStore
 
 from core import s3
 from core.settings import Settings
@@ -21,6 +20,7 @@ from etl import spec
 from etl import layout
 from etl.layout import features_dataset
 from features import online
+from features.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFrame,
+def point_in_time(resources: Resources, entity_df: pd.DataFrame,
                   service: str = online.FEATURE_SERVICE) -> pd.DataFrame:
     """``entity_df`` with the service's features as of each row's timestamp, in the service's order.
 
@@ -119,6 +119,7 @@ def point_in_time(store: FeatureStore, settings: Settings, entity_df: pd.DataFra
     inside the TTL gets nulls. The result is joined back onto the entity dataframe by key, so a
     training set can never shrink silently, whatever the offline store returns.
     """
+    store = resources.store
     names = online.names_of(online.service_feature_refs(store, service))
     keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
     if keys.duplicated().any():

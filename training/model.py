@@ -24,7 +24,6 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from feast import FeatureStore
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, precision_score, recall_score, roc_auc_score, roc_curve
@@ -39,6 +38,7 @@ from etl.layout import LATEST_MODEL_POINTER, MODEL_PREFIX
 from features import online
 from features.definitions import FEATURE_TTL
 from features.online import ServingError
+from features.resources import Resources
 from training import dataset
 
 log = logging.getLogger(__name__)
@@ -188,21 +188,21 @@ def recompute_history(settings: Settings) -> list[str]:
     return [day.isoformat() for day in stale]
 
 
-def train(store: FeatureStore, settings: Settings, horizon: int = dataset.HORIZON,
-          recompute: bool = False) -> TrainResult:
+def train(resources: Resources, horizon: int = dataset.HORIZON, recompute: bool = False) -> TrainResult:
     """Labels -> point-in-time training set -> model, stored with its card; promoted if it passes.
 
     Every partition must have been computed by the same code for the features the model takes
     (dataset.MixedHistory otherwise); ``recompute`` first recomputes the partitions this
     checkout's code would compute differently, from their kept raw exports."""
+    settings = resources.settings
     if recompute:
         recomputed = recompute_history(settings)
         log.info("recomputed %d partition(s) with the current code: %s", len(recomputed), ", ".join(recomputed) or "none")
     labels = dataset.build_labels(settings, horizon)
-    refs = online.service_feature_refs(store)
+    refs = online.service_feature_refs(resources.store)
     names = [r.split(":", 1)[1] for r in refs]
     computed_by = dataset.history_fingerprints(settings, names)
-    frame = dataset.point_in_time(store, settings, labels)
+    frame = dataset.point_in_time(resources, labels)
     complete = frame.dropna(subset=names)
     dropped = len(frame) - len(complete)
     train_rows, test_rows, cutoff = time_split(complete, horizon)
@@ -297,14 +297,14 @@ def load_latest(settings: Settings) -> LoadedModel:
                        meta.get("metrics", {}).get("roc_auc"), meta.get("feature_fingerprints", {}))
 
 
-def feature_vectors(store: FeatureStore, settings: Settings, loaded: LoadedModel, employee_ids: list[int],
+def feature_vectors(resources: Resources, loaded: LoadedModel, employee_ids: list[int],
                     now: datetime | None = None) -> np.ndarray:
     """The model's input rows, assembled by name in the model's stored order; refuses anything off."""
-    online.check_service(store, loaded.feature_service, loaded.feature_refs, loaded.version)
-    roster = online.served_roster(settings)
+    online.check_service(resources.store, loaded.feature_service, loaded.feature_refs, loaded.version)
+    roster = online.served_roster(resources.settings)
     if roster is not None:
         online.check_fingerprints(loaded.version, loaded.fingerprints, roster)
-    vectors = online.online_vectors(store, settings, employee_ids, refs=loaded.feature_refs,
+    vectors = online.online_vectors(resources, employee_ids, refs=loaded.feature_refs,
                                     service=loaded.feature_service, roster=roster, now=now)
     return np.asarray([vectors[int(i)] for i in employee_ids], dtype=float)
 
@@ -317,10 +317,10 @@ def probabilities(loaded: LoadedModel, vectors) -> np.ndarray:
         return loaded.model.predict_proba(np.asarray(vectors, dtype=float))[:, 1]
 
 
-def predict(store: FeatureStore, settings: Settings, employee_ids: list[int]) -> dict[int, float]:
+def predict(resources: Resources, employee_ids: list[int]) -> dict[int, float]:
     """Probability of leaving within the horizon, per employee, from online features."""
-    loaded = load_latest(settings)
-    vectors = feature_vectors(store, settings, loaded, employee_ids)
+    loaded = load_latest(resources.settings)
+    vectors = feature_vectors(resources, loaded, employee_ids)
     return {int(i): float(p) for i, p in zip(employee_ids, probabilities(loaded, vectors))}
 
 
@@ -344,14 +344,14 @@ class SkewReport:
                 f"{scope}; per feature: {per_feature}")
 
 
-def skew_check(store: FeatureStore, settings: Settings, seed: int | None = None,
-               limit: int = EXHAUSTIVE_SKEW_CHECK) -> SkewReport:
+def skew_check(resources: Resources, seed: int | None = None, limit: int = EXHAUSTIVE_SKEW_CHECK) -> SkewReport:
     """Online values and event times against the offline point-in-time ones, exactly.
 
     Redis must hold, for each active employee of the served extraction, the offline store's
     values as of that extraction, bit for bit, stamped with the extraction's event time. A
     missing employee or feature is a reported mismatch.
     """
+    store, settings = resources.store, resources.settings
     roster = online.served_roster(settings)
     if roster is None:
         raise dataset.DatasetError(f"no features partitions under {settings.features_uri}: ingest exports first")
@@ -363,7 +363,7 @@ def skew_check(store: FeatureStore, settings: Settings, seed: int | None = None,
         log.info("skew check: sampling %d of %d active employees with seed %d", limit, len(active), seed)
     refs = online.service_feature_refs(store)
     names = online.names_of(refs)
-    offline = dataset.point_in_time(store, settings, pd.DataFrame(
+    offline = dataset.point_in_time(resources, pd.DataFrame(
         {spec.ENTITY_KEY: ids, spec.TIMESTAMP: [pd.Timestamp(roster.event_time)] * len(ids)}))
     columns = online.fetch_sdk(store, ids)
     row_of = {employee: row for row, employee in enumerate(columns.employee_ids)}

@@ -79,16 +79,16 @@ def test_every_feature_has_its_own_fingerprint():
 def history(stack, exports, tmp_path_factory):
     """Six monthly extractions ingested with this code, applied, materialized, a model promoted."""
     settings = isolated(stack, tmp_path_factory.mktemp("fingerprints"), "fpr")
-    store, result = served_history(settings, exports)
-    return settings, store, result
+    resources, result = served_history(settings, exports)
+    return settings, resources, result
 
 
 def test_partitions_the_registry_and_the_model_record_the_fingerprints(history):
-    settings, store, result = history
+    settings, resources, result = history
     current = spec.fingerprints()
     recorded = layout.partition_fingerprints(settings)
     assert len(recorded) == 6 and all(found == current for found in recorded.values()), recorded
-    assert tagged_fingerprints(store.get_feature_view("employee_features")) == current
+    assert tagged_fingerprints(resources.store.get_feature_view("employee_features")) == current
     refs = {f"employee_features:{name}": value for name, value in current.items()}
     _, prefix = s3.parse_uri(result.uri)
     assert json.loads(s3.get_bytes(settings, prefix + "metadata.json"))["feature_fingerprints"] == refs
@@ -125,18 +125,18 @@ def test_a_changed_formula_is_a_breaking_change_naming_the_feature(history, tmp_
 
 
 def test_a_changed_transformation_is_accepted_with_a_new_service_version(history):
-    settings, store, _ = history
+    settings, resources, _ = history
     entity, source, view, service = build(settings)
     view.tags = {**view.tags, **fingerprint_tags({**spec.fingerprints(), "tenure": "0123456789abcdef"})}
     current_model = compatibility.load_model_features(settings, compatibility.latest_model_location(settings))
-    breaks = compatibility.compare(store, [entity, source, view, service], current_model)
+    breaks = compatibility.compare(resources.store, [entity, source, view, service], current_model)
     assert [b.what for b in breaks] == ["feature employee_features:tenure"]
     from feast import FeatureService
 
     v2 = FeatureService(name="attrition_model_v2", features=[view[list(spec.FEATURE_NAMES)]])
-    assert compatibility.compare(store, [entity, source, view, service, v2], current_model) == []
+    assert compatibility.compare(resources.store, [entity, source, view, service, v2], current_model) == []
     # Without the model (a pull-request check has no S3): the registry's services are the consumers.
-    assert [b.what for b in compatibility.compare(store, [entity, source, view, service])] == ["feature employee_features:tenure"]
+    assert [b.what for b in compatibility.compare(resources.store, [entity, source, view, service])] == ["feature employee_features:tenure"]
 
 
 def _republish_as_other_code(settings, day, fingerprints: dict) -> None:
@@ -151,7 +151,7 @@ def _republish_as_other_code(settings, day, fingerprints: dict) -> None:
 
 
 def test_training_refuses_a_mixed_history_and_recomputes_it_when_told(history):
-    settings, store, _ = history
+    settings, resources, _ = history
     oldest = layout.list_partitions(settings)[0]
     _republish_as_other_code(settings, oldest, {**spec.fingerprints(), "salary_band": "5a1a5a1a5a1a5a1a"})
     assert ing.stale_partitions(settings) == [oldest]
@@ -161,10 +161,10 @@ def test_training_refuses_a_mixed_history_and_recomputes_it_when_told(history):
     assert "salary_band: 5a1a5a1a5a1a5a1a in 1 extraction(s)" in proc.stderr and "--recompute-history" in proc.stderr
     assert "tenure" not in proc.stderr.split("the code here computes")[0], "only the mixed feature is named"
     with pytest.raises(dataset.MixedHistory):
-        model.train(store, settings, horizon=2)
+        model.train(resources, horizon=2)
 
     before = layout.read_partition(settings, oldest)
-    result = model.train(store, settings, horizon=2, recompute=True)
+    result = model.train(resources, horizon=2, recompute=True)
     assert ing.stale_partitions(settings) == []
     after = layout.read_partition(settings, oldest)
     assert after.drop(["created_timestamp"]).equals(before.drop(["created_timestamp"])), "same rows, current code"
@@ -172,18 +172,18 @@ def test_training_refuses_a_mixed_history_and_recomputes_it_when_told(history):
 
 
 def test_serving_refuses_a_model_trained_on_other_code(history):
-    settings, store, _ = history
+    settings, resources, _ = history
     loaded = model.load_latest(settings)
     newest = layout.list_partitions(settings)[-1]
     active = online.served_roster(settings).active_ids()[:2]
-    assert model.predict(store, settings, active), "the promoted model serves the values it was trained on"
+    assert model.predict(resources, active), "the promoted model serves the values it was trained on"
 
     other = {**spec.fingerprints(), "overall_satisfaction": "0a0a0a0a0a0a0a0a"}
     _republish_as_other_code(settings, newest, other)
-    fs.materialize(store, settings, datetime.now(timezone.utc), refresh=newest)
+    fs.materialize(resources, datetime.now(timezone.utc), refresh=newest)
     assert online.served_roster(settings).fingerprints == other
     with pytest.raises(online.ServingError) as refused:
-        model.predict(store, settings, active)
+        model.predict(resources, active)
     assert refused.value.reason == "mismatch" and "overall_satisfaction (model " in str(refused.value)
     assert loaded.version in str(refused.value)
     proc = run_cli("training", "predict", "--employee-id", str(active[0]), env=cli_env(settings))
@@ -193,6 +193,6 @@ def test_serving_refuses_a_model_trained_on_other_code(history):
     # materializing it again does not make the model servable.
     _republish_as_other_code(settings, newest, spec.fingerprints())
     with pytest.raises(online.ServingError):
-        model.predict(store, settings, active)
-    fs.materialize(store, settings, datetime.now(timezone.utc), refresh=newest)
-    assert model.predict(store, settings, active)
+        model.predict(resources, active)
+    fs.materialize(resources, datetime.now(timezone.utc), refresh=newest)
+    assert model.predict(resources, active)

@@ -202,10 +202,10 @@ def test_nightly_dag_runs_green_end_to_end(stack, nightly_env, webhook, monkeypa
     assert set(states.values()) == {"success"}
     assert list(states)[:6] == ["plan_exports", *INGEST_STEPS], "each ingest step is a task, in the one order"
     assert len(states) == 11
-    from features import store as fs
+    from features.resources import Resources
 
-    store = fs.open_store(stack)
-    assert store.get_feature_view("employee_features").materialization_intervals
+    resources = Resources(stack)
+    assert resources.store.get_feature_view("employee_features").materialization_intervals
     assert webhook.received == [], "a green run raises no alert"
 
 

@@ -12,6 +12,7 @@ from feast.types import Float32, Int64
 from helpers import cli_env, isolated, run_cli
 from features import compatibility
 from features import store as fs
+from features.resources import Resources
 from features.definitions import build
 
 pytestmark = pytest.mark.integration
@@ -22,9 +23,9 @@ def registry(request, stack, tmp_path):
     settings = isolated(stack, tmp_path, "brk")
     if request.param == "postgresql":
         settings = request.getfixturevalue("postgres_registry")(settings)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    return settings, store
+    resources = Resources(settings)
+    fs.apply(resources)
+    return settings, resources
 
 
 def _candidates(settings, change=None):
@@ -57,40 +58,40 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_breaking_changes_are_named(registry, case):
-    settings, store = registry
+    settings, resources = registry
     change, expected = CASES[case]
-    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings, change))]
+    breaks = [str(b) for b in compatibility.compare(resources.store, _candidates(settings, change))]
     assert any(expected in b for b in breaks), breaks
 
 
 def test_additive_change_passes(registry):
-    settings, store = registry
+    settings, resources = registry
 
     def add(entity, view, service):
         view.features = [*view.features, Field(name="team_size", dtype=Int64)]
 
-    assert compatibility.compare(store, _candidates(settings, add)) == []
-    assert compatibility.compare(store, _candidates(settings)) == []
+    assert compatibility.compare(resources.store, _candidates(settings, add)) == []
+    assert compatibility.compare(resources.store, _candidates(settings)) == []
 
 
 def test_model_feature_list_is_checked(registry, tmp_path):
-    settings, store = registry
+    settings, resources = registry
     model = tmp_path / "model.json"
     model.write_text(json.dumps({"feature_refs": ["employee_features:tenure", "employee_features:bonus"]}))
-    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
+    breaks = [str(b) for b in compatibility.compare(resources.store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
     assert "current model: needs employee_features:bonus, no longer defined" in breaks
 
 
 def test_a_service_order_other_than_the_models_breaks(registry, tmp_path):
     """The registry's service may keep its order while the model was trained on another: CI must stop it."""
-    settings, store = registry
+    settings, resources = registry
     refs = [f"employee_features:{n}" for n in ("tenure", "salary_band", "overtime", "promotion_stagnation",
                                                  "career_velocity", "overall_satisfaction")]
     model = tmp_path / "features.json"
     model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": refs}))
-    assert compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model))) == []
+    assert compatibility.compare(resources.store, _candidates(settings), compatibility.load_model_features(settings, str(model))) == []
     model.write_text(json.dumps({"feature_service": "attrition_model_v1", "feature_refs": [refs[1], refs[0], *refs[2:]]}))
-    breaks = [str(b) for b in compatibility.compare(store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
+    breaks = [str(b) for b in compatibility.compare(resources.store, _candidates(settings), compatibility.load_model_features(settings, str(model)))]
     assert len(breaks) == 1 and breaks[0].startswith("feature service attrition_model_v1: declares"), breaks
     env = cli_env(settings)
     proc = run_cli("features", "breaking-changes", "--model-features", str(model), env=env)

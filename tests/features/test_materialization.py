@@ -14,6 +14,7 @@ from etl import layout
 from features import definitions
 from features import online
 from features import store as fs
+from features.resources import Resources
 
 pytestmark = pytest.mark.integration
 
@@ -24,34 +25,34 @@ LATEST, PREVIOUS = date(2026, 10, 31), date(2026, 9, 30)
 def loaded(stack, exports, tmp_path):
     settings = isolated(stack, tmp_path, "mat")
     ingest_exports(settings, exports[-2:])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    return settings, store
+    resources = Resources(settings)
+    fs.apply(resources)
+    fs.materialize(resources, datetime.now(timezone.utc))
+    return settings, resources
 
 
-def vectors(settings, store, ids):
-    return online.online_vectors(store, settings, ids)
+def vectors(settings, resources, ids):
+    return online.online_vectors(resources, ids)
 
 
 def test_apply_only_when_changed_and_watermarks_survive(loaded, monkeypatch):
-    settings, store = loaded
-    intervals = store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals
+    settings, resources = loaded
+    intervals = resources.store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals
     assert intervals
-    assert fs.apply(store, settings, only_if_changed=True) == [], "unchanged definitions are not re-applied"
+    assert fs.apply(resources, only_if_changed=True) == [], "unchanged definitions are not re-applied"
     monkeypatch.setattr(definitions, "FEATURE_TTL", definitions.FEATURE_TTL + timedelta(days=1))
-    assert fs.changed_definitions(store, settings) == ["FeatureView employee_features"]
-    assert "FeatureView employee_features" in fs.apply(store, settings, only_if_changed=True)
-    fresh = fs.open_store(settings).get_feature_view(fs.FEATURE_VIEW)
+    assert fs.changed_definitions(resources) == ["FeatureView employee_features"]
+    assert "FeatureView employee_features" in fs.apply(resources, only_if_changed=True)
+    fresh = Resources(settings).store.get_feature_view(fs.FEATURE_VIEW)
     assert fresh.ttl == definitions.FEATURE_TTL
     assert fresh.materialization_intervals == intervals, "apply kept the incremental watermark"
 
 
-def _correct_one_employee(settings, store, exports, tmp_path):
+def _correct_one_employee(settings, resources, exports, tmp_path):
     """Re-send the latest export with one employee's satisfaction changed; return (id, before, expected)."""
     table = layout.read_partition(settings, LATEST)
     employee = next(r for r in table.to_pylist() if r["is_active"])["employee_id"]
-    before = vectors(settings, store, [employee])[employee]
+    before = vectors(settings, resources, [employee])[employee]
 
     # The HR system re-sends the latest export with this employee's satisfaction corrected.
     corrected = corrected_export(exports[-1], tmp_path, "JobSatisfaction", {employee})
@@ -62,32 +63,32 @@ def _correct_one_employee(settings, store, exports, tmp_path):
 
 
 def test_late_correction_needs_the_explicit_window_and_replaces_values(loaded, exports, tmp_path):
-    settings, store = loaded
-    employee, before, expected = _correct_one_employee(settings, store, exports, tmp_path)
+    settings, resources = loaded
+    employee, before, expected = _correct_one_employee(settings, resources, exports, tmp_path)
 
     # Measured: the corrected row lands in an already-materialized event-time window, so the
     # incremental path never loads it.
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    assert vectors(settings, store, [employee])[employee] == before
+    fs.materialize(resources, datetime.now(timezone.utc))
+    assert vectors(settings, resources, [employee])[employee] == before
 
     # The explicit window does.
-    result = fs.materialize(store, settings, datetime.combine(LATEST + timedelta(days=1), datetime.min.time(), timezone.utc),
+    result = fs.materialize(resources, datetime.combine(LATEST + timedelta(days=1), datetime.min.time(), timezone.utc),
                             start=datetime.combine(LATEST, datetime.min.time(), timezone.utc))
     assert "replaced in place" in result.mode
-    assert vectors(settings, store, [employee])[employee] == expected
+    assert vectors(settings, resources, [employee])[employee] == expected
 
 
 def test_nightly_rerun_of_a_loaded_date_refreshes_it(loaded, exports, tmp_path):
     """What the nightly DAG does after re-publishing a date: incremental plus that date's window."""
-    settings, store = loaded
-    employee, before, expected = _correct_one_employee(settings, store, exports, tmp_path)
-    result = fs.materialize(store, settings, datetime.now(timezone.utc), refresh=LATEST)
+    settings, resources = loaded
+    employee, before, expected = _correct_one_employee(settings, resources, exports, tmp_path)
+    result = fs.materialize(resources, datetime.now(timezone.utc), refresh=LATEST)
     assert f"extraction {LATEST} refreshed in place" in result.mode
-    assert vectors(settings, store, [employee])[employee] == expected
+    assert vectors(settings, resources, [employee])[employee] == expected
 
 
 def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
-    settings, store = loaded
+    settings, resources = loaded
     latest = {r["employee_id"]: r for r in layout.read_partition(settings, LATEST).to_pylist() if r["is_active"]}
     previous = {r["employee_id"]: r for r in layout.read_partition(settings, PREVIOUS).to_pylist()}
     changed = [i for i in latest if i in previous and
@@ -95,8 +96,8 @@ def test_backfill_of_an_older_window_never_overwrites_newer_values(loaded):
     assert changed, "some employees' features changed between the two months"
     sample = changed[:20]
     start = datetime.combine(PREVIOUS, datetime.min.time(), timezone.utc)
-    fs.materialize(store, settings, start + timedelta(days=1), start=start)
-    served = vectors(settings, store, sample)
+    fs.materialize(resources, start + timedelta(days=1), start=start)
+    served = vectors(settings, resources, sample)
     for employee in sample:
         assert served[employee] == [latest[employee][n] for n in spec.FEATURE_NAMES], employee
 
@@ -114,9 +115,9 @@ def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
     proc = run_cli("features", "materialize", start.isoformat(), end.isoformat(), env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"serving the extraction of {dates[1].isoformat()}" in proc.stdout, proc.stdout
-    store = fs.open_store(settings)
+    resources = Resources(settings)
     active = sorted(online.active_ids(settings, dates[1]).tolist())[:5]
-    served = online.online_vectors(store, settings, active, now=end)
+    served = online.online_vectors(resources, active, now=end)
     rows = {r["employee_id"]: r for r in layout.read_partition(settings, dates[1]).to_pylist()}
     assert {i: v for i, v in served.items()} == {i: [rows[i][n] for n in spec.FEATURE_NAMES] for i in active}
 
@@ -165,17 +166,17 @@ def test_arrow_writes_are_byte_identical_to_feasts_stock_path(stack, exports, tm
         (ours_port, ours), (stock_port, stock), (fresh_port, fresh) = (
             servers.enter_context(dedicated_valkey(tmp_path)) for _ in range(3))
         mine = replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0")
-        store = fs.open_store(mine)
-        fs.apply(store, mine)
-        assert isinstance(store._get_provider().batch_engine, PlatformComputeEngine)
+        resources = Resources(mine)
+        fs.apply(resources)
+        assert isinstance(resources.store._get_provider().batch_engine, PlatformComputeEngine)
         feast_store = _stock_store(settings, stock_port, tmp_path / "stock-registry.db")
 
         for day in (previous, latest, older):  # the older window last: newer values stay
-            for each in (store, feast_store):
+            for each in (resources.store, feast_store):
                 each.materialize(*_day(day), feature_views=[fs.FEATURE_VIEW])
             assert _dump(ours) == _dump(stock), day
         intervals = [each.get_feature_view(fs.FEATURE_VIEW, allow_registry_cache=False).materialization_intervals
-                     for each in (store, feast_store)]
+                     for each in (resources.store, feast_store)]
         assert intervals[0] == intervals[1] and len(intervals[0]) == 3, "the registry records the windows as Feast does"
         assert len(_dump(ours)) == len({r["employee_id"] for d in (older, previous, latest)
                                         for r in layout.read_partition(settings, d).to_pylist()})
@@ -185,7 +186,7 @@ def test_arrow_writes_are_byte_identical_to_feasts_stock_path(stack, exports, tm
         rows = layout.read_partition(settings, latest).to_pylist()
         corrected_ids = [r["employee_id"] for r in rows if r["is_active"]][:25]
         ingest_exports(settings, [corrected_export(exports[-1], tmp_path, "JobSatisfaction", set(corrected_ids))])
-        store.materialize(*_day(latest), feature_views=[fs.FEATURE_VIEW])
+        resources.store.materialize(*_day(latest), feature_views=[fs.FEATURE_VIEW])
         feast_fresh = _stock_store(settings, fresh_port, tmp_path / "fresh-registry.db")
         for day in (previous, latest, older):
             feast_fresh.materialize(*_day(day), feature_views=[fs.FEATURE_VIEW])
@@ -193,7 +194,7 @@ def test_arrow_writes_are_byte_identical_to_feasts_stock_path(stack, exports, tm
         assert _dump(ours) != _dump(stock), "the correction changed served bytes"
 
         # The whole materialization of the pipeline: leavers' hashes go, every other byte stays Feast's.
-        result = fs.materialize(store, mine, _day(latest)[1], start=_day(older)[0])
+        result = fs.materialize(resources, _day(latest)[1], start=_day(older)[0])
         left = online.read_roster(settings, latest).left
         assert result.retired == len(left) > 0
         leaver_keys = {online.redis_key(settings.feast_project, i) for i in left}
@@ -214,7 +215,7 @@ def test_the_stock_feast_cli_takes_the_same_write_path(stack, exports, tmp_path)
     ingest_exports(settings, exports[-1:])
     with dedicated_valkey(tmp_path) as (ours_port, ours), dedicated_valkey(tmp_path) as (stock_port, stock):
         mine = replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0")
-        fs.apply(fs.open_store(mine), mine)
+        fs.apply(Resources(mine))
         end = _day(LATEST)[1]
         feast = os.path.join(os.path.dirname(os.sys.executable), "feast")
         proc = subprocess.run([feast, "--log-level", "INFO", "-c", "features", "materialize-incremental", end.isoformat()],
@@ -241,9 +242,9 @@ def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microse
 
     settings = isolated(stack, tmp_path, "ser")
     ingest_exports(settings, exports[-1:])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    view = store.get_feature_view(fs.FEATURE_VIEW)
+    resources = Resources(settings)
+    fs.apply(resources)
+    view = resources.store.get_feature_view(fs.FEATURE_VIEW)
     table = layout.read_partition(settings, LATEST).slice(0, 200)
     # Missing values in an integer and a float feature, and distinct sub-second event times.
     for name in ("salary_band", "career_velocity"):
@@ -256,15 +257,15 @@ def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microse
                                       table[spec.TIMESTAMP].type))
     batch = table.to_batches()[0]
     rows = _convert_arrow_to_proto(batch, view, {e.name: e.dtype.to_value_type() for e in view.entity_columns})
-    assert arrow_writes(store.config, view, batch) == row_writes(store.config, view, rows)
-    assert b"" in arrow_writes(store.config, view, batch).values[1], "a missing value is Feast's empty Value"
+    assert arrow_writes(resources.store.config, view, batch) == row_writes(resources.store.config, view, rows)
+    assert b"" in arrow_writes(resources.store.config, view, batch).values[1], "a missing value is Feast's empty Value"
 
     # And in Redis: Feast's own store writing Feast's rows, ours writing the Arrow batch.
     with dedicated_valkey(tmp_path) as (stock_port, stock), dedicated_valkey(tmp_path) as (ours_port, ours):
         feast_store = _stock_store(settings, stock_port, tmp_path / "stock-registry.db")
         feast_store._get_provider().online_store.online_write_batch(feast_store.config, view, rows, None)
-        mine = fs.open_store(replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0"))
-        assert mine._get_provider().online_store.online_write_arrow(mine.config, view, batch) == batch.num_rows
+        mine = Resources(replace(settings, redis_url=f"redis://127.0.0.1:{ours_port}/0"))
+        assert mine.store._get_provider().online_store.online_write_arrow(mine.store.config, view, batch) == batch.num_rows
         assert len(_dump(ours)) == batch.num_rows
         assert _dump(ours) == _dump(stock)
 
@@ -284,7 +285,7 @@ def test_arrow_serialization_equals_feasts_row_conversion_with_nulls_and_microse
         for client in (stock, ours):
             client.flushdb()
         feast_store._get_provider().online_store.online_write_batch(feast_store.config, view, mixed_rows, None)
-        mine._get_provider().online_store.online_write_arrow(mine.config, view, mixed)
+        mine.store._get_provider().online_store.online_write_arrow(mine.store.config, view, mixed)
         assert _dump(ours) == _dump(stock)
         from feast.protos.feast.types.Value_pb2 import Value
 
@@ -307,9 +308,9 @@ def test_cluster_writes_follow_the_scripts_rule(stack, exports, tmp_path):
     settings = isolated(stack, tmp_path, "rule")
     ingest_exports(settings, exports[-3:])
     older, previous, latest = layout.list_partitions(settings)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    view = store.get_feature_view(fs.FEATURE_VIEW)
+    resources = Resources(settings)
+    fs.apply(resources)
+    view = resources.store.get_feature_view(fs.FEATURE_VIEW)
     writer = PlatformRedisOnlineStore()
     ts_field = online.timestamp_field(fs.FEATURE_VIEW)
     batches = [layout.read_partition(settings, day).to_batches()[0] for day in (previous, latest, older)]
@@ -320,8 +321,8 @@ def test_cluster_writes_follow_the_scripts_rule(stack, exports, tmp_path):
         # A batch holding an entity twice at the same event time: the later row (the correction) wins.
         both = pa.Table.from_batches([batches[1], corrected]).combine_chunks().to_batches()[0]
         for batch in [*batches, both, batches[1], corrected]:
-            writes = arrow_writes(store.config, view, batch)
-            written = writer._write_by_script(by_script, store.config.online_store, ts_field, writes)
-            assert writer._write_in_two_passes(by_passes, store.config.online_store, ts_field, writes) == written
+            writes = arrow_writes(resources.store.config, view, batch)
+            written = writer._write_by_script(by_script, resources.store.config.online_store, ts_field, writes)
+            assert writer._write_in_two_passes(by_passes, resources.store.config.online_store, ts_field, writes) == written
             assert _dump(by_script) == _dump(by_passes)
         assert 0 < written == corrected.num_rows, "a correction of the newest date is written in full"

@@ -24,6 +24,7 @@ from pipeline import ingest as ing
 from etl import layout
 from features import online
 from features import store as fs
+from features.resources import Resources
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +46,13 @@ class Reader:
 
     def __init__(self, settings, ids):
         self.settings, self.ids = settings, sorted(ids)
-        self.store = fs.open_store(settings)
+        self.resources = Resources(settings)
         self.roster = online.RosterCache(settings)
         self()  # warm: connections open and the registry cached before the run starts
 
     def __call__(self):
-        self.store.refresh_registry()
-        online.online_vectors(self.store, self.settings, self.ids, roster=self.roster.refresh(), now=NIGHT)
+        self.resources.store.refresh_registry()
+        online.online_vectors(self.resources, self.ids, roster=self.roster.refresh(), now=NIGHT)
 
 
 def _observer(settings, ids, counts):
@@ -78,11 +79,11 @@ def _serve_history(settings, exports):
     """Five months ingested and loaded (the sixth, LATEST, is the test's), in small write batches
     so that a run lasts long enough for many concurrent reads."""
     ingest_exports(settings, exports[:-1])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
+    resources = Resources(settings)
+    fs.apply(resources)
     first = date.fromisoformat(exports[0].stem.removeprefix("hr_export_"))
-    fs.materialize(store, settings, _at(PREVIOUS) + timedelta(hours=2), start=_at(first))
-    return store
+    fs.materialize(resources, _at(PREVIOUS) + timedelta(hours=2), start=_at(first))
+    return resources
 
 
 @pytest.fixture
@@ -91,19 +92,19 @@ def served_previous(stack, exports, tmp_path):
     return settings, _serve_history(settings, exports)
 
 
-def _nightly(settings, store, exports):
+def _nightly(settings, resources, exports):
     ingest_exports(settings, exports[-1:])
-    return fs.materialize(store, settings, NIGHT, refresh=LATEST)
+    return fs.materialize(resources, NIGHT, refresh=LATEST)
 
 
 def test_nightly_run_never_leaves_an_active_employee_unserved(served_previous, exports):
-    settings, store = served_previous
+    settings, resources = served_previous
     before = _active(settings, PREVIOUS)
     ingest_exports(settings, exports[-1:])
     both = before & _active(settings, LATEST)
     counts: list[int] = []
     with Loop(Reader(settings, both)) as reader, Loop(_observer(settings, both, counts)) as observer:
-        result = fs.materialize(store, settings, NIGHT, refresh=LATEST)
+        result = fs.materialize(resources, NIGHT, refresh=LATEST)
     assert result.served_extraction == LATEST.isoformat()
     assert reader.calls >= 3 and observer.calls >= 3, (reader.calls, observer.calls)
     assert reader.failures == [], reader.failures[:3]
@@ -112,11 +113,11 @@ def test_nightly_run_never_leaves_an_active_employee_unserved(served_previous, e
 
 
 def test_correction_of_the_latest_date_is_written_in_place(served_previous, exports, tmp_path):
-    settings, store = served_previous
-    _nightly(settings, store, exports)
+    settings, resources = served_previous
+    _nightly(settings, resources, exports)
     active = _active(settings, LATEST)
     employee = min(active)
-    old = online.online_vectors(store, settings, [employee], now=NIGHT)[employee]
+    old = online.online_vectors(resources, [employee], now=NIGHT)[employee]
 
     # The HR system re-sends the latest export with one employee's satisfaction corrected.
     corrected = corrected_export(exports[-1], tmp_path, "JobSatisfaction", {employee})
@@ -124,40 +125,40 @@ def test_correction_of_the_latest_date_is_written_in_place(served_previous, expo
 
     counts: list[int] = []
     with Loop(Reader(settings, active)) as reader, Loop(_observer(settings, active, counts)) as observer:
-        fs.materialize(store, settings, NIGHT, refresh=LATEST)
+        fs.materialize(resources, NIGHT, refresh=LATEST)
     assert reader.calls >= 3 and observer.calls >= 3
     assert reader.failures == [], reader.failures[:3]
     assert min(counts) == len(active)
-    new = online.online_vectors(store, settings, [employee], now=NIGHT)[employee]
+    new = online.online_vectors(resources, [employee], now=NIGHT)[employee]
     expected = next(r for r in layout.read_partition(settings, LATEST).to_pylist() if r["employee_id"] == employee)
     assert new == [expected[n] for n in spec.FEATURE_NAMES] and new != old
 
 
 def test_backfill_of_an_old_window_keeps_newer_values_served(served_previous, exports):
-    settings, store = served_previous
-    _nightly(settings, store, exports)
+    settings, resources = served_previous
+    _nightly(settings, resources, exports)
     active = _active(settings, LATEST)
     snapshot = _redis_dump(settings)
     with Loop(Reader(settings, active)) as reader:
         start = _at(date(2026, 7, 31))
-        fs.materialize(store, settings, start + timedelta(days=1), start=start)
+        fs.materialize(resources, start + timedelta(days=1), start=start)
     assert reader.calls >= 3 and reader.failures == [], reader.failures[:3]
     assert _redis_dump(settings) == snapshot, "an older window changed nothing that was served"
 
 
 def test_run_failing_on_s3_leaves_previous_values_byte_for_byte(served_previous, exports):
-    settings, store = served_previous
+    settings, resources = served_previous
     ingest_exports(settings, exports[-1:])
     both = _active(settings, PREVIOUS) & _active(settings, LATEST)
     snapshot = _redis_dump(settings)
     reader = Reader(settings, both)
     # Opened last: the offline engine's S3 settings are process-wide (ibis's default backend).
     unreachable = replace(settings, s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
-    broken = fs.open_store(unreachable)
+    broken = Resources(unreachable)
     with Loop(reader) as reader:
         with pytest.raises(Exception):
-            fs.materialize(broken, unreachable, NIGHT, refresh=LATEST)
-    fs.open_store(settings)  # the process-wide S3 settings back
+            fs.materialize(broken, NIGHT, refresh=LATEST)
+    Resources(settings).store  # the process-wide S3 settings back
     assert reader.failures == [], reader.failures[:3]
     assert _redis_dump(settings) == snapshot
     assert online.served_extraction(settings) == PREVIOUS
@@ -168,21 +169,21 @@ def test_run_failing_on_redis_writes_leaves_previous_values_served(stack, export
     with dedicated_valkey(tmp_path, "--maxmemory-policy", "noeviction") as (port, client):
         settings = replace(isolated(stack, tmp_path, "oom"), redis_url=f"redis://127.0.0.1:{port}/0",
                            materialize_batch_size=10)
-        store = _serve_history(settings, exports)
+        resources = _serve_history(settings, exports)
         ingest_exports(settings, exports[-1:])
         both = _active(settings, PREVIOUS) & _active(settings, LATEST)
         snapshot = _redis_dump(settings)
         client.config_set("maxmemory", 1)
         with Loop(Reader(settings, both)) as reader:
             with pytest.raises(redis.ResponseError, match="maxmemory"):
-                fs.materialize(store, settings, NIGHT, refresh=LATEST)
+                fs.materialize(resources, NIGHT, refresh=LATEST)
         assert reader.calls >= 1 and reader.failures == [], reader.failures[:3]
         assert _redis_dump(settings) == snapshot, "a refused run leaves every served value as it was"
         assert online.served_extraction(settings) == PREVIOUS
         client.config_set("maxmemory", 0)
-        result = fs.materialize(store, settings, NIGHT, refresh=LATEST)
+        result = fs.materialize(resources, NIGHT, refresh=LATEST)
         assert result.served_extraction == LATEST.isoformat(), "the re-run converges"
-        served = online.online_vectors(store, settings, sorted(both), now=NIGHT)
+        served = online.online_vectors(resources, sorted(both), now=NIGHT)
         assert len(served) == len(both)
 
 
@@ -204,14 +205,14 @@ def test_materialization_into_a_frozen_or_dead_redis_fails_cleanly_and_converges
         assert frozen.returncode == 3, frozen.stderr[-2000:]
         assert "Traceback" not in frozen.stderr
         assert f"the online store (Redis at 127.0.0.1:{port}/0) failed: TimeoutError" in frozen.stderr
-        store = fs.open_store(settings)
-        assert store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals == []
+        resources = Resources(settings)
+        assert resources.store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals == []
         assert not s3.exists(settings, layout.served_state_key(settings)), "no extraction committed as served"
 
         recovered = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=cli_env(settings))
         assert recovered.returncode == 0, recovered.stderr[-2000:]
         assert online.served_extraction(settings) == LATEST
-        assert len(online.online_vectors(fs.open_store(settings), settings, sorted(_active(settings, LATEST)),
+        assert len(online.online_vectors(Resources(settings), sorted(_active(settings, LATEST)),
                                          now=NIGHT)) == len(_active(settings, LATEST))
         client.shutdown(nosave=True)
     dead = run_cli("features", "materialize-incremental", NIGHT.isoformat(), env=cli_env(settings))
@@ -226,13 +227,13 @@ def test_a_view_marked_materializing_keeps_serving(served_previous):
     the mark never reaches the registry at all (an apply whose definition is unchanged is skipped,
     and FeatureView equality ignores the state); the reader loops above refresh the registry on
     every call during real runs and never fail."""
-    settings, store = served_previous
+    settings, resources = served_previous
     employee = min(_active(settings, PREVIOUS))
-    reader = fs.open_store(settings)
-    assert reader.registry.serve_features_while_materializing is True
-    store.set_feature_view_state(fs.FEATURE_VIEW, FeatureViewState.MATERIALIZING)
-    reader.refresh_registry()
-    assert reader.get_feature_view(fs.FEATURE_VIEW).state in {FeatureViewState.MATERIALIZING,
+    reader = Resources(settings)
+    assert reader.store.registry.serve_features_while_materializing is True
+    resources.store.set_feature_view_state(fs.FEATURE_VIEW, FeatureViewState.MATERIALIZING)
+    reader.store.refresh_registry()
+    assert reader.store.get_feature_view(fs.FEATURE_VIEW).state in {FeatureViewState.MATERIALIZING,
                                                                FeatureViewState.AVAILABLE_ONLINE}
     now = _at(PREVIOUS) + timedelta(days=1)
-    assert online.online_vectors(reader, settings, [employee], now=now)[employee]
+    assert online.online_vectors(reader, [employee], now=now)[employee]

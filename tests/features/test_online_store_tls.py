@@ -15,7 +15,7 @@ import pytest
 
 from helpers import Proxy, cli_env, dedicated_valkey, ingest_exports, isolated, make_pki, run_cli
 from features import online
-from features import store as fs
+from features.resources import Resources
 from monitoring import health
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,13 @@ def test_every_redis_client_speaks_verified_tls(stack, exports, tmp_path, pki):
             loaded = run_cli("features", "materialize-incremental", env=cli_env(settings))
             assert loaded.returncode == 0, loaded.stderr[-2000:]
 
-            store = fs.open_store(settings)
+            resources = Resources(settings)
             active = online.served_roster(settings).active_ids()[:5]
-            assert len(online.online_vectors(store, settings, active)) == 5  # sync client
-            service = store.get_feature_service(online.FEATURE_SERVICE)
+            assert len(online.online_vectors(resources, active)) == 5  # sync client
+            service = resources.store.get_feature_service(online.FEATURE_SERVICE)
 
             async def read():  # the feature server's client
-                response = await store.get_online_features_async(features=service,
+                response = await resources.store.get_online_features_async(features=service,
                                                                  entity_rows={"employee_id": active})
                 return response.to_dict()["tenure"]
             assert None not in asyncio.run(read())

@@ -18,6 +18,7 @@ import sqlalchemy
 
 from helpers import cli_env, free_port, isolated, make_pki, run_cli
 from features import store as fs
+from features.resources import Resources
 
 pytestmark = pytest.mark.integration
 
@@ -72,9 +73,9 @@ def test_the_registry_works_over_verified_tls(stack, tmp_path, tls_postgres):
                        registry_url=_url(port, sslmode="verify-full", sslrootcert=str(ca)))
     with sqlalchemy.create_engine(settings.registry_url).connect() as connection:
         assert connection.execute(sqlalchemy.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
-    store = fs.open_store(settings)
-    assert "FeatureView employee_features" in fs.apply(store, settings)
-    assert [v.name for v in fs.open_store(settings).list_feature_views()] == ["employee_features"]
+    resources = Resources(settings)
+    assert "FeatureView employee_features" in fs.apply(resources)
+    assert [v.name for v in Resources(settings).store.list_feature_views()] == ["employee_features"]
     proc = run_cli("features", "breaking-changes", "--without-model", env=cli_env(settings))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     # The URL's TLS parameters are what the registry client uses: the same URL with another CA fails.

@@ -15,6 +15,7 @@ from helpers import cli_env, dedicated_valkey, free_port, ingest_exports, isolat
 from etl import layout
 from features import online
 from features import store as fs
+from features.resources import Resources
 from monitoring import health
 
 pytestmark = pytest.mark.integration
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.integration
 def materialized(stack, exports, tmp_path_factory):
     settings = isolated(stack, tmp_path_factory.mktemp("mon"), "mon")
     ingest_exports(settings, exports[-2:])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
+    resources = Resources(settings)
+    fs.apply(resources)
+    fs.materialize(resources, datetime.now(timezone.utc))
     return settings
 
 
@@ -55,10 +56,10 @@ def test_stale_values_fail_freshness(materialized):
 def test_materializing_an_older_partition_only_is_stale(stack, exports, tmp_path):
     settings = isolated(stack, tmp_path, "old")
     ingest_exports(settings, exports[-2:])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
+    resources = Resources(settings)
+    fs.apply(resources)
     older_end = datetime(2026, 10, 1, tzinfo=timezone.utc)
-    fs.materialize(store, settings, older_end, start=older_end - timedelta(days=5))
+    fs.materialize(resources, older_end, start=older_end - timedelta(days=5))
     report = health.check(settings, save=False)
     assert not report.healthy
     assert report.stale_active > 0 or report.active_missing > 0

@@ -23,6 +23,7 @@ from etl import spec
 from etl import layout
 from features import online
 from features import store as fs
+from features.resources import Resources
 from training import model
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def served(stack, exports, tmp_path_factory):
     """Six months for 300 employees, materialized; a model trained and promoted; both servers up."""
     folder = tmp_path_factory.mktemp("http")
     settings = isolated(stack, folder, "http")
-    store, _ = served_history(settings, exports)
+    resources, _ = served_history(settings, exports)
     metrics_port = free_port()
     feature_server = Server(["feature-server", "--registry-ttl-sec", "1", "--workers", "1"],
                             cli_env(settings, FP_FEATURE_SERVER_METRICS_PORT=str(metrics_port)), "/health",
@@ -84,7 +85,7 @@ def served(stack, exports, tmp_path_factory):
     api = Server(["api"], cli_env(settings, FP_FEATURE_SERVER_URL=feature_server.url, FP_API_TOKEN=TOKEN,
                                FP_API_REFRESH_SECONDS="1"), "/healthz", folder / "api.log")
     client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-    yield settings, store, feature_server, api, client
+    yield settings, resources, feature_server, api, client
     client.close()
     api.stop()
     feature_server.stop()
@@ -95,7 +96,7 @@ def _rows(settings):
 
 
 def test_api_prediction_equals_the_cli_and_is_assembled_in_the_models_order(served):
-    settings, store, _, _, client = served
+    settings, resources, _, _, client = served
     rows = _rows(settings)
     employee = next(i for i, r in rows.items() if r["is_active"])
     body = client.get(f"/v1/employees/{employee}/attrition").json()
@@ -105,7 +106,7 @@ def test_api_prediction_equals_the_cli_and_is_assembled_in_the_models_order(serv
     assert body["features"] == {n: rows[employee][n] for n in names}
     assert body["model_version"] == loaded.version
     assert body["features_as_of"] == spec.extraction_timestamp(max(layout.list_partitions(settings))).isoformat()
-    assert body["probability"] == model.predict(store, settings, [employee])[employee]
+    assert body["probability"] == model.predict(resources, [employee])[employee]
     cli = run_cli("training", "predict", "--employee-id", str(employee), env=cli_env(settings))
     assert cli.returncode == 0, cli.stderr
     assert f'"{employee}": {round(body["probability"], 4)}' in cli.stdout
@@ -113,7 +114,7 @@ def test_api_prediction_equals_the_cli_and_is_assembled_in_the_models_order(serv
     active = [i for i, r in rows.items() if r["is_active"]][:20]
     batch = client.post("/v1/attrition", json={"employee_ids": active}).json()["results"]
     assert [r["employee_id"] for r in batch] == active
-    assert {r["employee_id"]: r["probability"] for r in batch} == model.predict(store, settings, active)
+    assert {r["employee_id"]: r["probability"] for r in batch} == model.predict(resources, active)
 
 
 def test_the_feature_server_answers_the_reference_smoke_request(served):
@@ -138,7 +139,7 @@ def test_feature_service_reads_answer_byte_for_byte_as_feasts_own_route(served):
     from serving.feature_server import FeatureServiceReads, ReadOnly
 
     settings, _, _, _, _ = served
-    store = fs.open_store(settings)
+    resources = Resources(settings)
     rows = _rows(settings)
     ids = [i for i, r in rows.items() if r["is_active"]][:3]
     leaver = next(i for i, r in rows.items() if not r["is_active"])
@@ -152,9 +153,9 @@ def test_feature_service_reads_answer_byte_for_byte_as_feasts_own_route(served):
     moment.ParseFromString(stored[-1])
     moment.nanos = 123_456_789  # a time with a fraction of a second, as Feast's response shows it
     client.hset(online.redis_key(settings.feast_project, only_time), fields[-1], moment.SerializeToString())
-    reads = FeatureServiceReads(store, ttl_seconds=60)
-    feast_app = feast_server.get_app(store)
-    ours = ReadOnly(feast_server.get_app(store), reads)
+    reads = FeatureServiceReads(resources.store, ttl_seconds=60)
+    feast_app = feast_server.get_app(resources.store)
+    ours = ReadOnly(feast_server.get_app(resources.store), reads)
     service = "attrition_model_v1"
     requests = {
         "present": ({"feature_service": service, "entities": {"employee_id": ids}}, True),
@@ -222,7 +223,7 @@ def _error(response, status: int, reason: str) -> dict:
 
 
 def test_each_error_class_has_its_status(served):
-    settings, store, _, _, client = served
+    settings, resources, _, _, client = served
     rows = _rows(settings)
     active = sorted(i for i, r in rows.items() if r["is_active"])
     leaver = next(i for i, r in rows.items() if not r["is_active"])
@@ -313,13 +314,13 @@ def test_redis_frozen_or_down_behind_the_feature_server_is_503_and_not_ready(ser
 
 
 def test_a_service_that_no_longer_provides_the_models_features_is_not_ready(served):
-    settings, store, _, api, client = served
+    settings, resources, _, api, client = served
     assert httpx.get(f"{api.url}/readyz").json()["ready"] is True
     from features.definitions import build
 
     _, _, view, service = build(settings)
     shrunk = type(service)(name=service.name, features=[view[list(spec.FEATURE_NAMES[:-1])]])
-    store.apply([shrunk])
+    resources.store.apply([shrunk])
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and httpx.get(f"{api.url}/readyz").status_code == 200:
@@ -329,7 +330,7 @@ def test_a_service_that_no_longer_provides_the_models_features_is_not_ready(serv
         employee = next(i for i, r in _rows(settings).items() if r["is_active"])
         _error(client.get(f"/v1/employees/{employee}/attrition"), 503, "mismatch")
     finally:
-        store.apply([service])
+        resources.store.apply([service])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and httpx.get(f"{api.url}/readyz").status_code != 200:
         time.sleep(0.5)
@@ -408,11 +409,11 @@ def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, export
     settings, _, _, _, _ = served
     local = replace(isolated(settings, tmp_path, "httpn"), materialize_batch_size=10)
     ingest_exports(local, exports[:-1])
-    store = fs.open_store(local)
-    fs.apply(store, local)
+    resources = Resources(local)
+    fs.apply(resources)
     first = spec.extraction_timestamp(layout.list_partitions(local)[0])
     night = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
-    fs.materialize(store, local, night - timedelta(days=1), start=first)
+    fs.materialize(resources, night - timedelta(days=1), start=first)
     ingest_exports(local, exports[-1:])
     previous, latest = layout.list_partitions(local)[-2:]
     both = sorted(set(online.read_roster(local, previous).active_ids()) & set(online.read_roster(local, latest).active_ids()))
@@ -433,19 +434,19 @@ def test_feature_server_reads_never_fail_while_redis_is_rewritten(served, export
 
     def correction():
         ingest_exports(local, [corrected_export(exports[-1], tmp_path, "WorkLifeBalance", both[:40])])
-        fs.materialize(store, local, night, refresh=latest)
+        fs.materialize(resources, night, refresh=latest)
 
     def failing():
         broken_settings = replace(local, s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
-        broken = fs.open_store(broken_settings)
+        broken = Resources(broken_settings)
         try:
             with pytest.raises(Exception):
-                fs.materialize(broken, broken_settings, night + timedelta(hours=1), refresh=latest)
+                fs.materialize(broken, night + timedelta(hours=1), refresh=latest)
         finally:
-            fs.open_store(local)
+            Resources(local).store  # the process-wide S3 settings back
 
-    runs = {"nightly": lambda: fs.materialize(store, local, night, refresh=latest), "correction": correction,
-            "backfill": lambda: fs.materialize(store, local, first + timedelta(days=1), start=first),
+    runs = {"nightly": lambda: fs.materialize(resources, night, refresh=latest), "correction": correction,
+            "backfill": lambda: fs.materialize(resources, first + timedelta(days=1), start=first),
             "failing on S3": failing}
     try:
         read()
@@ -496,11 +497,11 @@ def test_the_feature_server_forks_its_workers_without_a_registry_connection(stac
     from serving.feature_server import release_registry_connections
 
     settings = isolated(stack, tmp_path, "fork")
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    engine = store.registry.write_engine
-    store.list_feature_views(allow_cache=False)
+    resources = Resources(settings)
+    fs.apply(resources)
+    engine = resources.store.registry.write_engine
+    resources.store.list_feature_views(allow_cache=False)
     assert engine.pool.checkedin() >= 1, "the registry pools a connection after a read"
-    release_registry_connections(store)
+    release_registry_connections(resources.store)
     assert engine.pool.checkedin() == 0
-    assert [v.name for v in store.list_feature_views(allow_cache=False)] == [fs.FEATURE_VIEW], "reads reconnect"
+    assert [v.name for v in resources.store.list_feature_views(allow_cache=False)] == [fs.FEATURE_VIEW], "reads reconnect"

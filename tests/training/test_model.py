@@ -24,6 +24,7 @@ from etl import layout
 from etl.layout import list_partitions, partition_key
 from features import online
 from features import store as fs
+from features.resources import Resources
 from training import dataset, model
 
 pytestmark = pytest.mark.integration
@@ -46,13 +47,13 @@ def tiny(stack, tmp_path):
     _partition(settings, date(2026, 1, 1), [{"employee_id": 1, "tenure": 1}, {"employee_id": 2, "tenure": 7}])
     _partition(settings, date(2026, 3, 1), [{"employee_id": 1, "tenure": 2}])
     _partition(settings, date(2026, 6, 1), [{"employee_id": 1, "tenure": 3}])
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    return settings, store
+    resources = Resources(settings)
+    fs.apply(resources)
+    return settings, resources
 
 
 def test_point_in_time_correctness_on_a_hand_made_dataset(tiny):
-    settings, store = tiny
+    settings, resources = tiny
     t = lambda *a: pd.Timestamp(datetime(*a, tzinfo=timezone.utc))  # noqa: E731
     entity_df = pd.DataFrame({
         "employee_id": [1, 1, 2, 1, 3, 1, 1],
@@ -60,7 +61,7 @@ def test_point_in_time_correctness_on_a_hand_made_dataset(tiny):
                             t(2026, 2, 28, 23, 59, 59), t(2026, 2, 28)],
         "label": [0, 0, 1, 0, 0, 1, 0],
     })
-    frame = dataset.point_in_time(store, settings, entity_df)
+    frame = dataset.point_in_time(resources, entity_df)
     assert len(frame) == len(entity_df), "every label row survives"
     assert list(frame.columns) == ["employee_id", "event_timestamp", "label", *spec.FEATURE_NAMES]
     tenure = frame["tenure"].tolist()
@@ -76,7 +77,7 @@ def test_point_in_time_correctness_on_a_hand_made_dataset(tiny):
 
 
 def test_column_order_upstream_cannot_change_what_the_model_receives(tiny, exports):
-    settings, store = tiny
+    settings, resources = tiny
     # The HR system reorders its export's columns: the published features are the same.
     original = exports[-1].read_text().splitlines()
     rows = [line.split(",") for line in original]
@@ -88,17 +89,17 @@ def test_column_order_upstream_cannot_change_what_the_model_receives(tiny, expor
     reordered = ing.transform(shuffled.encode(), "shuffled", as_of).drop_columns(["created_timestamp"])
     assert reordered.equals(plain)
     # A service listing the same features in another order yields the permuted vector, by name.
-    view = store.get_feature_view("employee_features")
+    view = resources.store.get_feature_view("employee_features")
     reversed_names = list(reversed(spec.FEATURE_NAMES))
-    store.apply([FeatureService(name="attrition_reversed", features=[view[reversed_names]])])
-    fs.materialize(store, settings, datetime(2026, 3, 2, tzinfo=timezone.utc), start=datetime(2026, 2, 28, tzinfo=timezone.utc))
+    resources.store.apply([FeatureService(name="attrition_reversed", features=[view[reversed_names]])])
+    fs.materialize(resources, datetime(2026, 3, 2, tzinfo=timezone.utc), start=datetime(2026, 2, 28, tzinfo=timezone.utc))
     now = datetime(2026, 3, 2, tzinfo=timezone.utc)
-    forward = online.online_vectors(store, settings, [1], now=now)[1]
-    backward = online.online_vectors(store, settings, [1], service="attrition_reversed", now=now)[1]
+    forward = online.online_vectors(resources, [1], now=now)[1]
+    backward = online.online_vectors(resources, [1], service="attrition_reversed", now=now)[1]
     assert backward == list(reversed(forward))
-    loaded = model.LoadedModel("v-test", None, "attrition_reversed", online.service_feature_refs(store))
+    loaded = model.LoadedModel("v-test", None, "attrition_reversed", online.service_feature_refs(resources.store))
     with pytest.raises(online.ServingError, match="no longer matches model v-test") as refused:
-        model.feature_vectors(store, settings, loaded, [1], now=now)
+        model.feature_vectors(resources, loaded, [1], now=now)
     assert refused.value.reason == "mismatch"
 
 
@@ -107,15 +108,15 @@ def trained(stack, exports, tmp_path_factory):
     """Six months for 300 employees, materialized, a model trained and promoted."""
     settings = isolated(stack, tmp_path_factory.mktemp("train"), "trn")
     ingest_exports(settings, exports)
-    store = fs.open_store(settings)
-    fs.apply(store, settings)
-    fs.materialize(store, settings, datetime.now(timezone.utc))
-    result = model.train(store, settings, horizon=2)
-    return settings, store, result
+    resources = Resources(settings)
+    fs.apply(resources)
+    fs.materialize(resources, datetime.now(timezone.utc))
+    result = model.train(resources, horizon=2)
+    return settings, resources, result
 
 
 def test_train_store_and_promote(trained):
-    settings, store, result = trained
+    settings, resources, result = trained
     assert result.metrics["test_rows"] > 0
     assert result.promoted == (result.metrics["roc_auc"] >= model.MIN_ROC_AUC)
     assert (model.latest_version(settings) == result.version) == result.promoted
@@ -142,15 +143,15 @@ def test_train_store_and_promote(trained):
 
 
 def test_only_a_model_reaching_the_minimum_roc_auc_is_promoted(trained, monkeypatch):
-    settings, store, _ = trained
+    settings, resources, _ = trained
     assert model.MIN_ROC_AUC == 0.60, "the gate the README and the model card state"
     monkeypatch.setattr(model, "MIN_ROC_AUC", 1.01)  # unreachable: the pointer must not move
     before = model.latest_version(settings)
-    refused = model.train(store, settings, horizon=2)
+    refused = model.train(resources, horizon=2)
     assert not refused.promoted and model.latest_version(settings) == before != refused.version
     assert "NOT promoted (ROC AUC below 1.01)" in refused.summary()
     monkeypatch.setattr(model, "MIN_ROC_AUC", 0.0)
-    accepted = model.train(store, settings, horizon=2)
+    accepted = model.train(resources, horizon=2)
     assert accepted.promoted and model.load_latest(settings).version == accepted.version
 
 
@@ -183,14 +184,14 @@ def test_the_time_split_has_an_embargo_of_the_horizon():
 
 
 def test_serve_and_skew_check_loop(trained, monkeypatch):
-    settings, store, result = trained
+    settings, resources, result = trained
     if not result.promoted:
         model.promote(settings, result.version)  # six months barely pass the gate; serving is under test here
     active = [r["employee_id"] for r in layout.read_partition(settings, max(list_partitions(settings))).to_pylist()
               if r["is_active"]][:5]
-    scores = model.predict(store, settings, active)
+    scores = model.predict(resources, active)
     assert set(scores) == set(active) and all(0 <= p <= 1 for p in scores.values())
-    clean = model.skew_check(store, settings)
+    clean = model.skew_check(resources)
     assert clean.mismatches == [] and clean.checked == clean.active > 0, clean.summary()
 
     # One ulp on one value of the newest employee, and another employee's event time moved back ten
@@ -206,7 +207,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
     moved.FromDatetime(spec.extraction_timestamp(max(list_partitions(settings))) - timedelta(days=10))
     client.hset(other_key, online.timestamp_field(), moved.SerializeToString())
     try:
-        report = model.skew_check(store, settings)
+        report = model.skew_check(resources)
         assert any(m.startswith(f"employee {newest}: career_velocity") for m in report.mismatches), report.mismatches
         assert any(m.startswith(f"employee {other}:") and "stamped" in m for m in report.mismatches), report.mismatches
         assert report.by_feature["career_velocity"] == 1
@@ -215,11 +216,11 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
         # run id) and is the same for the same seed: the changed employee is caught by some seeds,
         # missed by others, never by a fixed set.
         half = report.active // 2
-        samples = {seed: model.skew_check(store, settings, seed=seed, limit=half) for seed in range(12)}
+        samples = {seed: model.skew_check(resources, seed=seed, limit=half) for seed in range(12)}
         assert all(r.checked == half and r.seed == seed and f"(seed {seed})" in r.summary() for seed, r in samples.items())
         caught = {seed for seed, r in samples.items() if any(m.startswith(f"employee {newest}:") for m in r.mismatches)}
         assert 0 < len(caught) < len(samples), caught
-        again = model.skew_check(store, settings, seed=min(caught), limit=half)
+        again = model.skew_check(resources, seed=min(caught), limit=half)
         assert again.mismatches == samples[min(caught)].mismatches
     finally:
         client.hset(key, mapping=saved)
@@ -236,7 +237,7 @@ def test_serve_and_skew_check_loop(trained, monkeypatch):
     changed = table.set_column(table.schema.get_field_index("overall_satisfaction"), "overall_satisfaction",
                                pa.compute.multiply(table["overall_satisfaction"], 0.5))
     s3.put_bytes(settings, partition_key(settings, latest), ing.to_parquet(changed))
-    report = model.skew_check(store, settings)
+    report = model.skew_check(resources)
     assert report.mismatches and all("overall_satisfaction" in m for m in report.mismatches)
     assert report.mismatches[0].startswith("employee ")
     assert report.by_feature["overall_satisfaction"] == len(report.mismatches)
