@@ -7,6 +7,7 @@
     python -m bench health --health-entities 100000
     python -m bench retrieval --label-rows 100000
     python -m bench serving               # feature server and inference API on loopback (needs `hey`)
+    python -m bench engine-materialize engine-retrieval   # FP_COMPUTE_ENGINE=ray next to the default
 
 Each measurement runs in a fresh process so its peak RSS is its own. Ratios are ours / limit
 (1.0 = as fast as the limit). Numbers are printed, never asserted: tests do not time things.
@@ -33,6 +34,10 @@ BENCHMARKS = {
                (100_000,), "health_entities"),
     "retrieval": ("Training retrieval: get_historical_features (feature service) vs 1M feature rows, every row kept",
                   "rows", (100_000, 1_000_000), "label_rows"),
+    "engine-materialize": ("Ray engine (local mode): materialization; ratio = Ray / default engine", "entities",
+                           (1_000_000,), "entities"),
+    "engine-retrieval": ("Ray engine (local mode): training retrieval vs 1M feature rows; ratio = Ray / default engine",
+                         "rows", (1_000_000,), "label_rows"),
 }
 
 

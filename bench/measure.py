@@ -125,11 +125,11 @@ def _prepare_materialization(entities: int) -> settings_mod.Settings:
     return settings
 
 
-def materialize_ours(entities: int) -> dict:
+def materialize_ours(entities: int, engine: str = "local") -> dict:
     from features import store as fs  # Feast is slow to import; only this measurement needs it
     from features.resources import Resources
 
-    settings = _prepare_materialization(entities)
+    settings = replace(_prepare_materialization(entities), compute_engine=engine)
     resources = Resources(settings)
     fs.apply(resources)
     start = datetime(AS_OF.year, AS_OF.month, AS_OF.day, tzinfo=timezone.utc) - timedelta(days=1)
@@ -260,13 +260,13 @@ def _prepare_retrieval(labels: int):
     return settings, frame
 
 
-def retrieval_ours(labels: int) -> dict:
+def retrieval_ours(labels: int, engine: str = "local") -> dict:
     from features import store as fs
     from features.resources import Resources
     from training import dataset
 
     settings, frame = _prepare_retrieval(labels)
-    resources = Resources(settings)
+    resources = Resources(replace(settings, compute_engine=engine))
     fs.apply(resources)
     started = time.perf_counter()
     result = dataset.point_in_time(resources, frame)
@@ -303,6 +303,16 @@ def retrieval_limit(labels: int) -> dict:
     return {"seconds": seconds, "peak_mb": peak_rss_mb()}
 
 
+def materialize_ray(entities: int) -> dict:
+    """Our materialization with FP_COMPUTE_ENGINE=ray, a local Ray on this machine (Ray's start included)."""
+    return materialize_ours(entities, engine="ray")
+
+
+def retrieval_ray(labels: int) -> dict:
+    """Our training retrieval with FP_COMPUTE_ENGINE=ray, a local Ray on this machine (Ray's start included)."""
+    return retrieval_ours(labels, engine="ray")
+
+
 KINDS = {
     "etl": (etl_ours, etl_limit, "pyarrow CSV read + Parquet write + S3 upload of the same export"),
     "validate": (validate_ours, validate_limit,
@@ -313,6 +323,11 @@ KINDS = {
                "raw SCAN of the same keys + pipelined HMGET of their timestamps"),
     "materialize": (materialize_ours, materialize_limit,
                     "raw pipelined redis-py HSET of the same keys and values (Feast's layout), 10k per round trip"),
+    # Here "ours" is the Ray engine and the reference is the default engine on the same data.
+    "engine-materialize": (materialize_ray, materialize_ours,
+                           "the default engine (one process) materializing the same partition"),
+    "engine-retrieval": (retrieval_ray, retrieval_ours,
+                         "the default engine (DuckDB, one process) retrieving the same label rows"),
 }
 
 

@@ -53,6 +53,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FP_REGISTRY_URL", "", "Feast SQL registry, an SQLAlchemy URL; default sqlite:///$FP_LOCAL_DIR/feast/registry.db. Production: postgresql+psycopg://user:pass@host/db.", secret=True),
     Setting("FP_FEAST_PROJECT", "hr_attrition", "Feast project name (namespaces registry objects and Redis keys)."),
     Setting("FP_MATERIALIZE_BATCH_SIZE", "10000", "Rows written to Redis per batch during materialization; bounds worker memory."),
+    Setting("FP_COMPUTE_ENGINE", "local", "What materializes features and retrieves training sets: `local` (one process: Feast's local engine, DuckDB) or `ray` (Feast's Ray compute engine; training sets joined on Ray Data). See README, Scale-out."),
+    Setting("FP_RAY_ADDRESS", "", "With FP_COMPUTE_ENGINE=ray: the Ray cluster to submit to, e.g. ray://feature-platform-ray-head-svc:10001 (KubeRay); empty starts a local Ray in the process."),
+    Setting("FP_RAY_OBJECT_STORE_MB", "512", "Object store memory of a local Ray (FP_RAY_ADDRESS empty), in MB; bounds what it holds in shared memory."),
     Setting("FP_INBOX", "data/exports", "Where HR exports arrive (hr_export_YYYY-MM-DD.csv): a folder or an s3:// prefix."),
     Setting("FP_INBOX_ALLOWED", "", "Further locations (comma-separated folders or s3:// prefixes) a run's inbox parameter may name; FP_INBOX is always allowed, anything else is refused."),
     Setting("FP_PIPELINE_DEADLINE_HOURS", "4", "The nightly run must finish within this many hours of being queued (Deadline Alert)."),
@@ -103,6 +106,9 @@ class Settings:
     registry_url: str
     feast_project: str
     materialize_batch_size: int
+    compute_engine: str
+    ray_address: str | None
+    ray_object_store_mb: int
     inbox_roots: tuple[str, ...]
     feature_server_url: str
     feature_server_metrics_port: int
@@ -198,6 +204,9 @@ class Settings:
             "FP_S3_TIMEOUT_SECONDS": f"{self.s3_timeout_seconds:g}",
             "FP_FEAST_PROJECT": self.feast_project,
             "FP_MATERIALIZE_BATCH_SIZE": str(self.materialize_batch_size),
+            "FP_COMPUTE_ENGINE": self.compute_engine,
+            "FP_RAY_ADDRESS": self.ray_address or "",
+            "FP_RAY_OBJECT_STORE_MB": str(self.ray_object_store_mb),
         }
 
     def s3_env(self) -> dict[str, str]:
@@ -252,6 +261,16 @@ def load() -> Settings:
                 raise ValueError
         except ValueError:
             raise SystemExit(f"{env} must be a positive number of seconds, got {raw(env)!r}") from None
+    engine = raw("FP_COMPUTE_ENGINE").strip().lower()
+    if engine not in {"local", "ray"}:
+        raise SystemExit(f"FP_COMPUTE_ENGINE must be 'local' or 'ray', got {engine!r}")
+    try:
+        object_store_mb = int(raw("FP_RAY_OBJECT_STORE_MB"))
+        if object_store_mb < 80:  # Ray refuses an object store under 75 MiB
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"FP_RAY_OBJECT_STORE_MB must be a whole number of MB, at least 80, got "
+                         f"{raw('FP_RAY_OBJECT_STORE_MB')!r}") from None
     runner = raw("FP_RUNNER").strip().lower()
     if runner not in {"local", "kubernetes"}:
         raise SystemExit(f"FP_RUNNER must be 'local' or 'kubernetes', got {runner!r}")
@@ -277,6 +296,9 @@ def load() -> Settings:
         registry_url=registry,
         feast_project=raw("FP_FEAST_PROJECT"),
         materialize_batch_size=batch_size,
+        compute_engine=engine,
+        ray_address=raw("FP_RAY_ADDRESS").strip() or None,
+        ray_object_store_mb=object_store_mb,
         inbox_roots=tuple(r.strip() for r in [raw("FP_INBOX"), *raw("FP_INBOX_ALLOWED").split(",")] if r.strip()),
         feature_server_url=raw("FP_FEATURE_SERVER_URL").rstrip("/"),
         feature_server_metrics_port=ports["FP_FEATURE_SERVER_METRICS_PORT"],

@@ -1,4 +1,4 @@
-"""`python -m deploy validate`: validate helm-values/ and deploy/k8s/ offline (exit 0 ok, 1 problems)."""
+"""`python -m deploy validate`: validate helm-values/, deploy/k8s/ and deploy/ray/ offline (exit 0 ok, 1 problems)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = validate.check_all()
     for problem in problems:
         print(f"PROBLEM {problem}")
-    releases, documents = len(validate.RELEASES), len(validate.manifests())
+    releases, documents = len(validate.RELEASES), len(validate.manifests()) + len(validate.manifests(validate.RAY_DIR))
     print(f"{len(problems)} problem(s) in {releases} Helm releases and {documents} manifests "
           f"(Kubernetes {validate.TARGET_KUBERNETES_VERSION}, strict)")
     return 1 if problems else 0

@@ -9,7 +9,11 @@
   maxmemory below its container's memory limit, non-root and no privilege escalation, for the
   charts' values and for our own Deployments alike;
 * serving: the feature server's Deployment runs serving.feature_server.FLAGS, the flags `make
-  serve` runs locally, and every Deployment has a PodDisruptionBudget and an autoscaler.
+  serve` runs locally, and every Deployment has a PodDisruptionBudget and an autoscaler;
+* the Ray cluster (deploy/ray, FP_COMPUTE_ENGINE=ray): no RayCluster schema is available offline,
+  so each of its pod templates validates strictly as a Kubernetes PodTemplate and meets the pod
+  policy above, its Ray version is the one the worker image installs, its pods run the worker
+  image, and the worker pods may reach its client port.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART_DATA = ROOT / "tests" / "data" / "helm-charts"
 VALUES_DIR = ROOT / "helm-values"
 MANIFESTS_DIR = ROOT / "deploy" / "k8s"
+RAY_DIR = ROOT / "deploy" / "ray"
+WORKER_REQUIREMENTS = ROOT / "requirements-worker.txt"
 TARGET_KUBERNETES_VERSION = "1.33.0"  # manifests here and the pod specs the DAGs render
 
 # values file(s) -> chart; overlays are merged in order over the base.
@@ -230,9 +236,9 @@ def check_release(release: str, overrides: list[dict] | None = None) -> list[Pro
     return problems + policy_problems(release, merged)
 
 
-def manifests() -> list[tuple[str, dict]]:
+def manifests(folder: Path = MANIFESTS_DIR) -> list[tuple[str, dict]]:
     out = []
-    for path in sorted(MANIFESTS_DIR.glob("*.yaml")):
+    for path in sorted(folder.glob("*.yaml")):
         for index, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc:
                 out.append((f"{path.name}#{index}", doc))
@@ -264,8 +270,12 @@ def workload_problems(name: str, doc: dict) -> list[Problem]:
     """Our own Deployments meet the same bar as the charts' values."""
     if doc.get("kind") != "Deployment":
         return []
+    return pod_problems(name, doc["spec"]["template"]["spec"])
+
+
+def pod_problems(name: str, pod: dict) -> list[Problem]:
+    """Non-root, pinned images, CPU and memory requests and limits, a locked-down container."""
     problems = []
-    pod = doc["spec"]["template"]["spec"]
     if not (pod.get("securityContext") or {}).get("runAsNonRoot"):
         problems.append(Problem(f"{name}: securityContext.runAsNonRoot", "must be true"))
     for container in pod.get("containers", []):
@@ -442,6 +452,71 @@ def _decisions(where: str, policy: dict) -> list[Problem]:
     return problems
 
 
+def _pinned_ray_version() -> str | None:
+    found = re.search(r"^ray==([^\s;]+)", WORKER_REQUIREMENTS.read_text(), re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def _ray_pod_templates(doc: dict) -> list[tuple[str, dict]]:
+    spec = doc.get("spec") or {}
+    templates = [("headGroupSpec", (spec.get("headGroupSpec") or {}).get("template"))]
+    templates += [(f"workerGroupSpecs[{g.get('groupName', i)}]", g.get("template"))
+                  for i, g in enumerate(spec.get("workerGroupSpecs") or [])]
+    return templates
+
+
+def ray_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """deploy/ray: the RayCluster FP_RAY_ADDRESS names, and what lets the worker pods reach it."""
+    from core import settings as settings_mod
+    from orchestration.worker import CA_MOUNT_PATH
+
+    problems = []
+    clusters = [(n, d) for n, d in documents if d.get("kind") == "RayCluster"]
+    if not clusters:
+        return [Problem("deploy/ray", "no RayCluster")]
+    worker_image = settings_mod.raw("FP_WORKER_IMAGE")
+    for name, doc in clusters:
+        if doc.get("apiVersion") != "ray.io/v1":
+            problems.append(Problem(f"{name}: apiVersion", f"must be ray.io/v1 (KubeRay 1.x), got {doc.get('apiVersion')!r}"))
+        pinned = _pinned_ray_version()
+        if str((doc.get("spec") or {}).get("rayVersion")) != pinned:
+            problems.append(Problem(f"{name}: spec.rayVersion", f"must be {pinned}, the ray the worker image installs "
+                                    f"(requirements-worker.txt), got {(doc.get('spec') or {}).get('rayVersion')!r}"))
+        for group in (doc.get("spec") or {}).get("workerGroupSpecs") or []:
+            low, mid, high = (group.get(k, 0) for k in ("minReplicas", "replicas", "maxReplicas"))
+            if not (isinstance(low, int) and isinstance(mid, int) and isinstance(high, int) and 0 <= low <= mid <= high):
+                problems.append(Problem(f"{name}: workerGroupSpecs[{group.get('groupName')}]",
+                                        "needs minReplicas <= replicas <= maxReplicas"))
+        for where, template in _ray_pod_templates(doc):
+            where = f"{name}: {where}"
+            if not template:
+                problems.append(Problem(where, "has no pod template"))
+                continue
+            problems += check_manifest(f"{where}.template", {"apiVersion": "v1", "kind": "PodTemplate",
+                                                             "metadata": {"name": "ray"}, "template": template})
+            pod = template.get("spec") or {}
+            problems += pod_problems(where, pod)
+            for container in pod.get("containers", []):
+                if container.get("image") != worker_image:
+                    problems.append(Problem(f"{where}: {container.get('name')}.image",
+                                            f"must be the worker image {worker_image} (the driver's Ray, Python and code), "
+                                            f"got {container.get('image')!r}"))
+            if where.endswith("]") and not any(m.get("mountPath") == CA_MOUNT_PATH for c in pod.get("containers", [])
+                                               for m in c.get("volumeMounts") or []):
+                problems.append(Problem(where, f"must mount the CA at {CA_MOUNT_PATH}: Ray's tasks write to Redis over TLS"))
+    reaches_client = any(
+        doc.get("kind") == "NetworkPolicy"
+        and (doc["spec"].get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "feature-platform-worker"
+        and any(any(p.get("port") == 10001 for p in rule.get("ports") or []) for rule in doc["spec"].get("egress") or [])
+        for _, doc in documents)
+    if not reaches_client:
+        problems.append(Problem("deploy/ray", "no NetworkPolicy lets the worker pods reach the Ray head's client port 10001"))
+    for name, doc in documents:
+        if doc.get("kind") != "RayCluster":
+            problems += check_manifest(name, doc)
+    return problems
+
+
 def check_all() -> list[Problem]:
     problems = []
     for release in RELEASES:
@@ -449,5 +524,6 @@ def check_all() -> list[Problem]:
     documents = manifests()
     for name, doc in documents:
         problems += check_manifest(name, doc) + workload_problems(name, doc)
-    return (problems + serving_problems(documents) + network_problems(documents) + egress_problems(documents)
-            + tls_problems(documents) + admission_problems(documents))
+    ray_documents = manifests(RAY_DIR)
+    return (problems + serving_problems(documents) + network_problems(documents) + egress_problems(documents + ray_documents)
+            + tls_problems(documents) + admission_problems(documents) + ray_problems(ray_documents))

@@ -34,6 +34,15 @@ def tagged_fingerprints(view: FeatureView) -> dict[str, str]:
             if key.startswith(FINGERPRINT_TAG)}
 
 
+def source_path(settings: Settings) -> str:
+    """Every partition's file (extraction_date=YYYY-MM-DD/part-0.parquet under the features prefix),
+    as the engine's reader names them: a glob for DuckDB, the folder for Ray Data (which reads every
+    Parquet file under a folder and takes no globs)."""
+    if settings.compute_engine == "ray":
+        return f"{settings.features_uri}/"
+    return f"{settings.features_uri}/*/*.parquet"
+
+
 def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureService]:
     employee = Entity(
         name="employee_id",
@@ -43,8 +52,7 @@ def build(settings: Settings) -> tuple[Entity, FileSource, FeatureView, FeatureS
     )
     source = FileSource(
         name="employee_features_source",
-        # Every partition's file: extraction_date=YYYY-MM-DD/part-0.parquet under the features prefix.
-        path=f"{settings.features_uri}/*/*.parquet",
+        path=source_path(settings),
         file_format=ParquetFormat(),
         timestamp_field=spec.TIMESTAMP,
         created_timestamp_column=spec.CREATED,

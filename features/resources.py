@@ -12,6 +12,12 @@ the settings here, in memory: nothing is exported to ``os.environ``, so two Reso
 different settings in one process never see each other's configuration. The one process-wide
 piece is the DuckDB connection Feast's offline store reads through (ibis's default backend):
 building a store points it at that store's S3.
+
+``FP_COMPUTE_ENGINE=ray`` swaps the yaml's engine and offline store for Feast's Ray compute engine
+and Ray offline store (features/ray_engine.py), on the same S3 Parquet, registry and Redis. Ray Data
+and s3fs take S3 access only from the standard AWS variables, so a Ray store sets those in its
+process (and hands them to a local Ray's workers); that is the one case that touches the
+environment.
 """
 
 from __future__ import annotations
@@ -52,7 +58,10 @@ class Resources:
 
     @cached_property
     def store(self) -> FeatureStore:
-        configure_offline_engine(self.settings)
+        if self.settings.compute_engine == "ray":
+            os.environ.update(self.settings.s3_env())
+        else:
+            configure_offline_engine(self.settings)
         return FeatureStore(repo_path=str(REPO_PATH), config=repo_config(self.settings))
 
     @cached_property
@@ -75,7 +84,12 @@ def repo_config(settings: Settings) -> RepoConfig:
     except KeyError as exc:
         raise SystemExit(f"{CONFIG_FILE} uses ${{{exc.args[0]}}}, which core.settings does not provide "
                          "(Settings.feast_env lists the names it fills in)") from None
-    config = RepoConfig(**yaml.safe_load(text))
+    values = yaml.safe_load(text)
+    if settings.compute_engine == "ray":
+        from features import ray_engine
+
+        values.update(ray_engine.engine_config(settings))
+    config = RepoConfig(**values)
     config.repo_path = REPO_PATH
     return config
 

@@ -19,7 +19,8 @@ from core.settings import Settings
 from etl import spec
 from etl import layout
 from etl.layout import features_dataset
-from features import online
+from features import online, ray_engine
+from features.definitions import FEATURE_TTL
 from features.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,10 @@ def point_in_time(resources: Resources, entity_df: pd.DataFrame,
     keys = entity_df[[spec.ENTITY_KEY, spec.TIMESTAMP]]
     if keys.duplicated().any():
         raise DatasetError("the entity dataframe has duplicate (employee_id, event_timestamp) rows")
-    retrieved = store.get_historical_features(entity_df=keys, features=store.get_feature_service(service)).to_df()
+    if resources.settings.compute_engine == "ray":
+        retrieved = ray_engine.historical_features(resources, keys, names, FEATURE_TTL)
+    else:
+        retrieved = store.get_historical_features(entity_df=keys, features=store.get_feature_service(service)).to_df()
     return join_back(entity_df, retrieved, names)
 
 

@@ -47,6 +47,8 @@ def test_percent_encoded_redis_credentials_reach_feast_decoded(monkeypatch):
     ("FP_API_PORT", "70000", "FP_API_PORT must be a TCP port number"),
     ("FP_API_REFRESH_SECONDS", "0", "FP_API_REFRESH_SECONDS must be a positive number"),
     ("FP_MATERIALIZE_BATCH_SIZE", "-1", "FP_MATERIALIZE_BATCH_SIZE must be a positive integer"),
+    ("FP_COMPUTE_ENGINE", "spark", "FP_COMPUTE_ENGINE must be 'local' or 'ray', got 'spark'"),
+    ("FP_RAY_OBJECT_STORE_MB", "64", "FP_RAY_OBJECT_STORE_MB must be a whole number of MB, at least 80"),
 ])
 def test_invalid_values_say_what_to_fix(monkeypatch, env, value, message):
     monkeypatch.setenv(env, value)

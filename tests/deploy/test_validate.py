@@ -260,7 +260,7 @@ def _build_context(dockerfile: str, folder) -> tuple[list[str], object]:
 IMAGE_RUNS = {
     # What each image runs: the worker pod's commands; the Airflow tasks' modules.
     "Dockerfile.worker": ["import features.__main__, training.__main__, monitoring.__main__, serving.__main__, "
-                          "etl.__main__; from features import store, compatibility; from training import model"],
+                          "etl.__main__; from features import store, compatibility, ray_engine, ray_compute; from training import model"],
     "Dockerfile.airflow": ["import pipeline.steps, orchestration.worker, orchestration.alerts, pipeline.ingest, "
                            "features.store, training.model, monitoring.health, expectations.gate"],
 }
@@ -292,3 +292,57 @@ def test_each_image_installs_from_what_its_dockerfile_copies(dockerfile, tmp_pat
     where = subprocess.run([str(python), "-c", "import features; print(features.__file__)"], cwd=run,
                            capture_output=True, text=True, env=env).stdout
     assert str(venv) in where, f"imported from {where}, not from the installed image contents"
+
+
+def _ray_documents():
+    return validate.manifests(validate.RAY_DIR)
+
+
+def _ray_cluster(documents) -> dict:
+    return next(d for _, d in documents if d["kind"] == "RayCluster")
+
+
+def _ray_worker_container(documents) -> dict:
+    return _ray_cluster(documents)["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+
+
+def test_the_ray_cluster_passes_and_runs_the_workers_ray():
+    documents = _ray_documents()
+    assert validate.ray_problems(documents) == []
+    assert _ray_cluster(documents)["spec"]["rayVersion"] == validate._pinned_ray_version() is not None
+    kinds = {(d["kind"], d["metadata"]["name"]) for _, d in documents}
+    assert {("RayCluster", "feature-platform-ray"), ("NetworkPolicy", "feature-platform-ray"),
+            ("NetworkPolicy", "feature-platform-worker-to-ray")} <= kinds
+
+
+RAY_PLANTED = {
+    "Ray version drift": (lambda docs: _ray_cluster(docs)["spec"].__setitem__("rayVersion", "2.50.0"),
+                          r"spec\.rayVersion: must be 2\.60\.0"),
+    "pod template typo": (lambda docs: _ray_worker_container(docs).__setitem__("imagePullPolcy", "Always"),
+                          r"workerGroupSpecs\[workers\]\.template: invalid"),
+    "wrong type in the head": (lambda docs: _ray_cluster(docs)["spec"]["headGroupSpec"]["template"]["spec"]
+                               ["containers"][0]["ports"][0].__setitem__("containerPort", "6379"),
+                               r"headGroupSpec\.template: invalid"),
+    "another image": (lambda docs: _ray_worker_container(docs).__setitem__("image", "rayproject/ray:2.60.0"),
+                      r"must be the worker image"),
+    "no memory limit": (lambda docs: _ray_worker_container(docs)["resources"]["limits"].pop("memory"),
+                        r"resources\.limits\.memory: missing"),
+    "writable root filesystem": (lambda docs: _ray_worker_container(docs)["securityContext"]
+                                 .__setitem__("readOnlyRootFilesystem", False), r"read-only root"),
+    "replicas above the maximum": (lambda docs: _ray_cluster(docs)["spec"]["workerGroupSpecs"][0]
+                                   .__setitem__("replicas", 20), r"minReplicas <= replicas <= maxReplicas"),
+    "no CA for Redis TLS": (lambda docs: _ray_worker_container(docs).__setitem__(
+        "volumeMounts", [m for m in _ray_worker_container(docs)["volumeMounts"] if m["name"] != "platform-ca"]),
+        r"must mount the CA"),
+    "workers cannot reach the head": (lambda docs: docs.remove(next(
+        x for x in docs if x[1]["metadata"]["name"] == "feature-platform-worker-to-ray")), r"client port 10001"),
+}
+
+
+@pytest.mark.parametrize("case", list(RAY_PLANTED))
+def test_planted_ray_cluster_mistakes_are_caught(case):
+    documents = _ray_documents()
+    mutate, expected = RAY_PLANTED[case]
+    mutate(documents)
+    problems = validate.ray_problems(documents)
+    assert re.search(expected, "\n".join(map(str, problems))), problems
