@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except fs.DefinitionsOutOfDate as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except sqlalchemy.exc.OperationalError as exc:
         print(f"error: the feature registry at {settings.registry_location} failed: {fs.registry_error(exc)}. "
               "Nothing was changed; re-run once it answers (check FP_REGISTRY_URL and its TLS settings).",

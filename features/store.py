@@ -122,6 +122,26 @@ def retire(resources: Resources, employee_ids) -> int:
     return removed
 
 
+class DefinitionsOutOfDate(RuntimeError):
+    """The registry's feature source is not where, or not how, this configuration reads features."""
+
+
+def check_source_matches_engine(resources: Resources) -> None:
+    """The registered source names the features where this configuration keeps them and as its
+    engine reads them (a glob for DuckDB, the folder for Ray): after FP_COMPUTE_ENGINE or the
+    features location changes, `apply` must run first."""
+    from features.definitions import source_path
+
+    registered = resources.store.get_feature_view(FEATURE_VIEW).batch_source.path
+    expected = source_path(resources.settings)
+    if registered != expected:
+        raise DefinitionsOutOfDate(
+            f"the registry's {FEATURE_VIEW} reads {registered}, but this configuration (FP_S3_BUCKET, "
+            f"FP_S3_FEATURES_PREFIX, FP_COMPUTE_ENGINE={resources.settings.compute_engine}) reads {expected}. "
+            "Nothing was materialized; run `python -m features apply` first (the nightly DAG's "
+            "apply_definitions task does)")
+
+
 def _materialized_until(store: FeatureStore) -> datetime | None:
     view = store.get_feature_view(FEATURE_VIEW, allow_registry_cache=False)
     ends = [end for _, end in view.materialization_intervals]
@@ -158,6 +178,7 @@ def materialize(resources: Resources, end: datetime, start: datetime | None = No
     """
     started = time.perf_counter()
     store, settings = resources.store, resources.settings
+    check_source_matches_engine(resources)
     if start is None:
         store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
         mode = "incremental"

@@ -195,3 +195,15 @@ def test_a_ray_cluster_gets_where_s3_is_but_never_the_keys(stack):
     assert local["batch_engine"]["ray_conf"]["object_store_memory"] == 300 * 1024 * 1024, "a local Ray is bounded"
     assert local["batch_engine"]["ray_conf"]["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == stack.aws_secret_access_key
     assert resources_mod.repo_config(cluster).batch_engine.type == "features.ray_compute.PlatformRayComputeEngine"
+
+
+def test_a_registry_applied_for_another_engine_is_refused_before_anything_runs(engines):
+    default, ray, port = engines
+    fs.apply(default)
+    stale = Resources(replace(ray.settings, registry_url=default.settings.registry_url))
+    with pytest.raises(fs.DefinitionsOutOfDate, match=r"\*/\*\.parquet, but this configuration .*FP_COMPUTE_ENGINE=ray\) reads s3://\S+/\. Nothing"):
+        fs.materialize(stale, datetime.now(timezone.utc))
+    env = cli_env(stale.settings, FP_COMPUTE_ENGINE="ray", FP_REDIS_URL=f"redis://127.0.0.1:{port}/3")
+    proc = run_cli("features", "materialize-incremental", env=env)
+    assert proc.returncode == 2 and "run `python -m features apply` first" in proc.stderr, proc.stderr[-2000:]
+    assert _dump(port, 3) == {}
