@@ -200,5 +200,4 @@ def materialize(resources: Resources, end: datetime, start: datetime | None = No
     result = MaterializeResult(mode, end.isoformat(), time.perf_counter() - started,
                                len(roster.active) if roster is not None else 0, retired,
                                roster.extraction.isoformat() if roster is not None else None)
-    log.info(result.summary())
     return result
