@@ -6,14 +6,18 @@ built from them and the online store's Redis client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
+import duckdb
+from botocore.exceptions import BotoCoreError, ClientError
 from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource
 from feast.errors import FeastObjectNotFoundException
 
+from core.s3 import StorageError
 from etl import spec
 from features import online
 from features.online import FEATURE_SERVICE, FEATURE_VIEW
@@ -148,6 +152,19 @@ def _materialized_until(store: FeatureStore) -> datetime | None:
     return max(ends) if ends else None
 
 
+@contextlib.contextmanager
+def _offline_read_errors(settings):
+    """A failed read of the features on S3 (DuckDB's httpfs, or Ray Data's pyarrow and s3fs) as a
+    StorageError that says where and what to check. Feast records a window only after writing it,
+    so nothing is marked materialized and a re-run converges."""
+    try:
+        yield
+    except (duckdb.IOException, duckdb.HTTPException, BotoCoreError, ClientError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise StorageError(f"reading the features at {settings.features_uri} failed: {reason}. Nothing was marked "
+                           "materialized; re-run once S3 answers (check FP_S3_ENDPOINT_URL and the S3 credentials)") from exc
+
+
 @dataclass(frozen=True)
 class MaterializeResult:
     mode: str
@@ -179,16 +196,17 @@ def materialize(resources: Resources, end: datetime, start: datetime | None = No
     started = time.perf_counter()
     store, settings = resources.store, resources.settings
     check_source_matches_engine(resources)
-    if start is None:
-        store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
-        mode = "incremental"
-        if refresh is not None:
-            day = spec.extraction_timestamp(refresh)
-            store.materialize(start_date=day, end_date=day + timedelta(days=1), feature_views=[FEATURE_VIEW])
-            mode += f", extraction {refresh} refreshed in place"
-    else:
-        store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
-        mode = f"window from {start.isoformat()}, rows of the same event time replaced in place"
+    with _offline_read_errors(settings):
+        if start is None:
+            store.materialize_incremental(end_date=end, feature_views=[FEATURE_VIEW])
+            mode = "incremental"
+            if refresh is not None:
+                day = spec.extraction_timestamp(refresh)
+                store.materialize(start_date=day, end_date=day + timedelta(days=1), feature_views=[FEATURE_VIEW])
+                mode += f", extraction {refresh} refreshed in place"
+        else:
+            store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
+            mode = f"window from {start.isoformat()}, rows of the same event time replaced in place"
     # Who is served is decided by the newest extraction Redis now holds, whatever window was loaded.
     until = _materialized_until(store)
     extraction = online.newest_extraction(settings, up_to=min(until, datetime.now(timezone.utc)) if until else None)

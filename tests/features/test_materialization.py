@@ -121,6 +121,18 @@ def test_materialize_window_works_as_a_command_line(stack, exports, tmp_path):
     rows = {r["employee_id"]: r for r in layout.read_partition(settings, dates[1]).to_pylist()}
     assert {i: v for i, v in served.items()} == {i: [rows[i][n] for n in spec.FEATURE_NAMES] for i in active}
 
+    # S3 unreachable during the read: exit 3, what failed and what to check, the watermark unchanged.
+    from helpers import free_port
+
+    intervals = Resources(settings).store.get_feature_view(fs.FEATURE_VIEW).materialization_intervals
+    down = {**env, "FP_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "FP_S3_TIMEOUT_SECONDS": "1"}
+    failed = run_cli("features", "materialize", start.isoformat(), (end + timedelta(days=40)).isoformat(), env=down)
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    assert f"error: reading the features at {settings.features_uri} failed:" in failed.stderr
+    assert "Nothing was marked materialized" in failed.stderr and "Traceback" not in failed.stderr
+    after = Resources(settings).store.get_feature_view(fs.FEATURE_VIEW, allow_registry_cache=False)
+    assert after.materialization_intervals == intervals
+
 
 # --- The Arrow write path against Feast's stock path, byte for byte --------------------------------
 
