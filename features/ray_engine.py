@@ -66,8 +66,8 @@ def engine_config(settings: Settings) -> dict:
                     "runtime_env": {"env_vars": settings.s3_env()}}
         writers = os.cpu_count() or 1
     return {
-        "batch_engine": {"type": "features.ray_compute.PlatformRayComputeEngine", "ray_address": settings.ray_address, "ray_conf": ray_conf,
-                         "write_concurrency": writers},
+        "batch_engine": {"type": "features.ray_compute.PlatformRayComputeEngine", "ray_address": settings.ray_address,
+                         "ray_conf": ray_conf, "write_concurrency": writers},
         "offline_store": {"type": "ray", "ray_address": settings.ray_address, "ray_conf": ray_conf,
                           # Where Feast's Ray offline store may stage a job's result.
                           "storage_path": f"s3://{settings.s3_bucket}/ray-staging/{settings.feast_project}"},
@@ -85,9 +85,8 @@ def historical_features(resources: "Resources", keys: pd.DataFrame, names: list[
 
     ensure_ray_initialized(resources.store.config.batch_engine)  # the engine's Ray: local or the cluster
     columns = [spec.ENTITY_KEY, spec.TIMESTAMP, spec.CREATED, *names]
-    schema = pa.schema([*(spec.OUTPUT_SCHEMA.field(c) for c in columns), pa.field(_LABEL_ROW, pa.int64())])
-
-    schema = schema.append(pa.field(_BUCKET, pa.int64()))
+    schema = pa.schema([*(spec.OUTPUT_SCHEMA.field(c) for c in columns),
+                        pa.field(_LABEL_ROW, pa.int64()), pa.field(_BUCKET, pa.int64())])
     features = ray.data.read_parquet(f"{resources.settings.features_uri}/", columns=columns)
     buckets = max(4 * int(ray.cluster_resources().get("CPU", 1)), -(-(features.count() + len(keys)) // ROWS_PER_BUCKET))
 
@@ -98,8 +97,8 @@ def historical_features(resources: "Resources", keys: pd.DataFrame, names: list[
                          _BUCKET: pa.array(ids.to_numpy() % buckets)}, schema=schema)
 
     ids = keys[spec.ENTITY_KEY].to_numpy(dtype=np.int64)
-    label_table = pa.table({spec.ENTITY_KEY: pa.array(ids),
-                            spec.TIMESTAMP: pa.array(pd.to_datetime(keys[spec.TIMESTAMP], utc=True)).cast(schema.field(spec.TIMESTAMP).type),
+    times = pa.array(pd.to_datetime(keys[spec.TIMESTAMP], utc=True)).cast(schema.field(spec.TIMESTAMP).type)
+    label_table = pa.table({spec.ENTITY_KEY: pa.array(ids), spec.TIMESTAMP: times,
                             **{c: pa.nulls(len(keys), schema.field(c).type) for c in [spec.CREATED, *names]},
                             _LABEL_ROW: pa.array(np.arange(len(keys), dtype=np.int64)),
                             _BUCKET: pa.array(ids % buckets)}, schema=schema)
@@ -114,7 +113,8 @@ def historical_features(resources: "Resources", keys: pd.DataFrame, names: list[
         values = joined[name].to_numpy(dtype="float64")
         integer = spec.OUTPUT_SCHEMA.field(name).type == pa.int64()
         out[name] = values.astype("int64") if integer and not np.isnan(values).any() else values
-    log.info("point-in-time join on Ray: %d label rows, %d with every feature", len(out), int(out[names].notna().all(axis=1).sum()))
+    log.info("point-in-time join on Ray: %d label rows, %d with every feature", len(out),
+             int(out[names].notna().all(axis=1).sum()))
     return out
 
 
