@@ -90,7 +90,7 @@ def feature_backfill():
         from features import store as fs
         from features.resources import Resources
 
-        return fs.apply(Resources.for_process(settings_mod.load()), only_if_changed=True)
+        return fs.apply(Resources.for_process(), only_if_changed=True)
 
     planned = plan()
     loaded = reingest.expand(export=exports_of(planned))

@@ -142,7 +142,7 @@ def hr_feature_pipeline():
         mode = get_current_context()["params"]["apply_definitions"]
         if mode == "never":
             return []
-        return fs.apply(Resources.for_process(settings_mod.load()), only_if_changed=(mode == "auto"))
+        return fs.apply(Resources.for_process(), only_if_changed=(mode == "auto"))
 
     materialize = worker_task(
         "materialize_incremental",
@@ -172,7 +172,7 @@ def hr_feature_pipeline():
         import zlib
 
         seed = zlib.crc32(get_current_context()["run_id"].encode())
-        report = model.skew_check(Resources.for_process(settings_mod.load()), seed=seed)
+        report = model.skew_check(Resources.for_process(), seed=seed)
         for line in report.mismatches[:50]:
             print(f"SKEW {line}")
         print(report.summary())

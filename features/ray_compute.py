@@ -53,7 +53,7 @@ class ArrowRayWriteNode(RayWriteNode):
 
         counts = dataset.map_batches(write, batch_format="pyarrow", batch_size=batch_size,
                                      concurrency=self.config.write_concurrency or self.config.max_workers or 1).materialize()
-        rows, written = (int(counts.sum(c) or 0) for c in ("rows", "written")) if counts.count() else (0, 0)
+        rows, written = (int(counts.sum(c) or 0) for c in ("rows", "written"))  # sum of no rows: None
         log.info("%s: %d rows read, %d written to the online store, %d skipped as older than the served values",
                  self.feature_view.name, rows, written, rows - written)
         return DAGValue(data=counts, format=DAGFormat.RAY,

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from core.settings import Settings
 from etl import spec
+from features.definitions import source_path
 
 if TYPE_CHECKING:
     from features.resources import Resources
@@ -87,7 +88,7 @@ def historical_features(resources: "Resources", keys: pd.DataFrame, names: list[
     columns = [spec.ENTITY_KEY, spec.TIMESTAMP, spec.CREATED, *names]
     schema = pa.schema([*(spec.OUTPUT_SCHEMA.field(c) for c in columns),
                         pa.field(_LABEL_ROW, pa.int64()), pa.field(_BUCKET, pa.int64())])
-    features = ray.data.read_parquet(f"{resources.settings.features_uri}/", columns=columns)
+    features = ray.data.read_parquet(source_path(resources.settings), columns=columns)
     buckets = max(4 * int(ray.cluster_resources().get("CPU", 1)), -(-(features.count() + len(keys)) // ROWS_PER_BUCKET))
 
     def feature_rows(batch: pa.Table) -> pa.Table:

@@ -159,7 +159,7 @@ def _offline_read_errors(settings):
     so nothing is marked materialized and a re-run converges."""
     try:
         yield
-    except (duckdb.IOException, duckdb.HTTPException, BotoCoreError, ClientError, OSError) as exc:
+    except (duckdb.IOException, BotoCoreError, ClientError, OSError) as exc:  # HTTPException is an IOException
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise StorageError(f"reading the features at {settings.features_uri} failed: {reason}. Nothing was marked "
                            "materialized; re-run once S3 answers (check FP_S3_ENDPOINT_URL and the S3 credentials)") from exc
