@@ -39,6 +39,8 @@ demo: up
 	$(PY) -m pipeline demo
 
 test: venv
+	@command -v docker-registry >/dev/null || { echo "installing docker-registry (the container registry the image-pinning tests push to) from Debian"; \
+	  apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null; } || echo "docker-registry could not be installed: the image-pinning tests will say so"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: up

@@ -60,6 +60,9 @@ def violations(pod: dict) -> dict[str, dict]:
 
     return {
         "another image": variant(lambda s, c: c.__setitem__("image", "docker.io/library/python:3.11")),
+        "the worker image by tag alone": variant(lambda s, c: c.__setitem__("image", c["image"].split("@")[0])),
+        "the worker image with a malformed digest": variant(lambda s, c: c.__setitem__(
+            "image", c["image"].split("@")[0] + "@sha256:" + "0" * 63)),
         "a hostPath volume": variant(lambda s, c: s.setdefault("volumes", []).append(
             {"name": "host", "hostPath": {"path": "/"}})),
         "another Secret as a volume": variant(lambda s, c: s.setdefault("volumes", []).append(

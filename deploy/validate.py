@@ -13,7 +13,10 @@
 * the Ray cluster (deploy/ray, FP_COMPUTE_ENGINE=ray): no RayCluster schema is available offline,
   so each of its pod templates validates strictly as a Kubernetes PodTemplate and meets the pod
   policy above, its Ray version is the one the worker image installs, its pods run the worker
-  image, and the worker pods may reach its client port.
+  image, and the worker pods may reach its client port;
+* images (deploy/images.py): every reference parses, none is `latest`, one image has one digest
+  wherever it is written; with ``release=True`` (`python -m deploy validate --release`, run before
+  installing) every image is pinned by digest.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import yaml
+
+from deploy import images
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DATA = ROOT / "tests" / "data" / "helm-charts"
@@ -417,8 +422,9 @@ def admission_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     return [Problem("deploy/k8s", "no ValidatingAdmissionPolicy, bound with Deny, on the pods Airflow's tasks create")]
 
 
-def worker_pod() -> dict:
-    """The worker pod exactly as Airflow's KubernetesPodOperator renders it (the nightly materialization)."""
+def worker_pod(image: str | None = None) -> dict:
+    """The worker pod exactly as Airflow's KubernetesPodOperator renders it (the nightly materialization),
+    running ``image`` in place of the configured worker image when given."""
     from dataclasses import replace
 
     from kubernetes.client import ApiClient
@@ -427,17 +433,26 @@ def worker_pod() -> dict:
     from orchestration.worker import kubernetes_operator, worker_spec
 
     settings = replace(settings_mod.load(), runner="kubernetes")
+    if image:
+        settings = replace(settings, worker_image=image)
     spec = worker_spec("materialize_incremental", ["python", "-m", "features", "materialize-incremental"], settings)
     with contextlib.redirect_stdout(io.StringIO()):  # "Building pod ..." is not a finding of the check
         pod = kubernetes_operator(spec, settings).build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
 
 
+def deployed_worker_image() -> images.Reference:
+    """The worker image Airflow's pods are configured with (FP_WORKER_IMAGE in helm-values/airflow.yaml)
+    as it runs once released: pinned by digest (a stand-in digest until `pin-images` records the real one)."""
+    use = next(u for u in images.uses() if u.where.endswith(f"env {images.WORKER_IMAGE_SETTING}"))
+    return use.reference if use.pinned else use.reference.with_digest("sha256:" + "0" * 64)
+
+
 def _decisions(where: str, policy: dict) -> list[Problem]:
     """The policy's CEL, run offline: the rendered worker pod is admitted, each one-mistake variant denied."""
     from deploy import admission
 
-    pod = worker_pod()
+    pod = worker_pod(str(deployed_worker_image()))
     problems = []
     decision = admission.decide(policy, pod)
     if not decision.matched:
@@ -474,7 +489,7 @@ def ray_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     clusters = [(n, d) for n, d in documents if d.get("kind") == "RayCluster"]
     if not clusters:
         return [Problem("deploy/ray", "no RayCluster")]
-    worker_image = settings_mod.raw("FP_WORKER_IMAGE")
+    worker_image = images.Reference.parse(settings_mod.raw("FP_WORKER_IMAGE"))
     for name, doc in clusters:
         if doc.get("apiVersion") != "ray.io/v1":
             problems.append(Problem(f"{name}: apiVersion", f"must be ray.io/v1 (KubeRay 1.x), got {doc.get('apiVersion')!r}"))
@@ -497,7 +512,11 @@ def ray_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
             pod = template.get("spec") or {}
             problems += pod_problems(where, pod)
             for container in pod.get("containers", []):
-                if container.get("image") != worker_image:
+                try:
+                    image = images.Reference.parse(container.get("image", ""))
+                except ValueError:
+                    image = None
+                if image is None or (image.name, image.tag) != (worker_image.name, worker_image.tag):
                     problems.append(Problem(f"{where}: {container.get('name')}.image",
                                             f"must be the worker image {worker_image} (the driver's Ray, Python and code), "
                                             f"got {container.get('image')!r}"))
@@ -517,10 +536,26 @@ def ray_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     return problems
 
 
-def check_all() -> list[Problem]:
-    problems = []
-    for release in RELEASES:
-        problems += check_release(release)
+def image_problems(release: bool = False, root: Path = ROOT) -> list[Problem]:
+    """Image references (deploy/images.py); with ``release``, every image pinned by digest."""
+    try:
+        found = images.uses(root)
+    except ValueError as exc:
+        return [Problem("images", str(exc))]
+    problems = [Problem(use.where, "`latest` moves: name a version") for use in found if use.reference.tag == "latest"]
+    problems += [Problem("images", message) for message in images.inconsistent(found)]
+    if release:
+        for use in images.unpinned(found):
+            how = (f"`python -m deploy pin-images --built {use.built}=sha256:<the digest its push printed>`"
+                   if use.built else "`python -m deploy pin-images` (reads the digest from its registry)")
+            problems.append(Problem(use.where, f"{use.reference} is pulled by tag alone: pin it with {how}"))
+    return problems
+
+
+def check_all(release: bool = False) -> list[Problem]:
+    problems = image_problems(release)
+    for name in RELEASES:
+        problems += check_release(name)
     documents = manifests()
     for name, doc in documents:
         problems += check_manifest(name, doc) + workload_problems(name, doc)

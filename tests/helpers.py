@@ -317,3 +317,143 @@ def served_history(settings: Settings, paths: list[Path]):
     if not result.promoted:
         model.promote(settings, result.version)
     return resources, result
+
+
+# -- a container registry of the test's own (Distribution, Debian's docker-registry) -----------------
+
+REGISTRY_BINARY = "docker-registry"
+
+
+class _TokenIssuer:
+    """A registry token service as Docker Hub's: anonymous tokens for what the scope asks, signed with
+    a key whose certificate the registry trusts. ``requests`` records each token asked for."""
+
+    def __init__(self, folder: Path):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlparse
+
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        certificate = _certificate("registry token issuer", key, None, key, ca=True)
+        self.bundle = folder / "token-issuer.crt"
+        self.bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        chain = [__import__("base64").b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
+        self.requests: list[dict] = []
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                query = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
+                issuer.requests.append(query)
+                _, name, actions = query.get("scope", "repository::").split(":", 2)
+                now = int(time.time())
+                token = jwt.encode({"iss": "test-issuer", "sub": "", "aud": query.get("service"), "iat": now,
+                                    "nbf": now - 10, "exp": now + 300, "jti": secrets.token_hex(8),
+                                    "access": [{"type": "repository", "name": name, "actions": actions.split(",")}]},
+                                   key, algorithm="RS256", headers={"x5c": chain})
+                body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def dedicated_registry(folder: Path, token_auth: bool = False):
+    """A container registry (the Distribution registry, Debian's docker-registry) on a free port over
+    http, stopped after. Yields (host:port, the token issuer or None). With ``token_auth`` it asks for
+    bearer tokens as Docker Hub, GHCR and Quay do, from an issuer of the test's own."""
+    import shutil
+
+    import requests
+
+    if shutil.which(REGISTRY_BINARY) is None:
+        import pytest
+
+        pytest.skip(f"{REGISTRY_BINARY} is not installed (make test installs Debian's docker-registry; "
+                    "it could not be installed here)")
+    folder.mkdir(parents=True, exist_ok=True)
+    host = f"127.0.0.1:{free_port()}"
+    issuer = _TokenIssuer(folder) if token_auth else None
+    auth = (f"auth:\n  token:\n    realm: {issuer.realm}\n    service: test-registry\n    issuer: test-issuer\n"
+            f"    rootcertbundle: {issuer.bundle}\n") if issuer else ""
+    config = folder / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n"
+                      f"http:\n  addr: {host}\n{auth}")
+    log = (folder / "registry.log").open("w")
+    proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if requests.get(f"http://{host}/v2/", timeout=1).status_code in (200, 401):
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"registry did not start: {(folder / 'registry.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield host, issuer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        if issuer:
+            issuer.close()
+
+
+def push_image(host: str, repository: str, tag: str, content: bytes, index: bool = False,
+               token: str | None = None) -> str:
+    """Push a one-layer image (``content`` as its layer) to the registry at ``host`` under
+    ``repository:tag``, as a multi-platform index over it when ``index``. Returns the digest the tag
+    now points to: the sha256 of the manifest bytes, as every registry computes it."""
+    import hashlib
+
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = f"http://{host}/v2/{repository}"
+
+    def blob(data: bytes) -> dict:
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        upload = requests.post(f"{base}/blobs/uploads/", headers=headers, timeout=10)
+        upload.raise_for_status()
+        location = upload.headers["Location"]
+        location = location if location.startswith("http") else f"http://{host}{location}"
+        requests.put(location, params={"digest": digest}, data=data, headers={
+            **headers, "Content-Type": "application/octet-stream"}, timeout=10).raise_for_status()
+        return {"digest": digest, "size": len(data)}
+
+    def manifest(reference: str, body: dict) -> str:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        requests.put(f"{base}/manifests/{reference}", data=data,
+                     headers={**headers, "Content-Type": body["mediaType"]}, timeout=10).raise_for_status()
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+    config = blob(json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+    layer = blob(content)
+    image = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}]}
+    if not index:
+        return manifest(tag, image)
+    image_digest = manifest(f"{tag}-amd64", image)
+    size = len(json.dumps(image, separators=(",", ":")).encode())
+    return manifest(tag, {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                          "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image_digest,
+                                         "size": size, "platform": {"architecture": "amd64", "os": "linux"}}]})
