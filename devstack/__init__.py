@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core import redis_client
 from core import s3 as s3mod
 from core.settings import Settings, local_s3_credentials_file
 
@@ -187,9 +188,9 @@ def up_s3(settings: Settings) -> tuple[Settings, ServiceStatus]:
 
 # --- Redis (existing server, else valkey-server) ---------------------------------------------
 
-def _redis_check(url: str) -> tuple[bool, str]:
+def _redis_check(settings: Settings) -> tuple[bool, str]:
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis_client.connect(settings, socket_connect_timeout=1, socket_timeout=2)  # the master, with Sentinel
         client.ping()
         client.close()
         return True, ""
@@ -206,7 +207,7 @@ def valkey_server_binary() -> str:
 def up_redis(settings: Settings) -> ServiceStatus:
     url = urlparse(settings.redis_url)
     shown = settings.redis_location
-    ok, err = _redis_check(settings.redis_url)
+    ok, err = _redis_check(settings)
     if ok:
         managed = _running_pid(settings, "redis") is not None
         return ServiceStatus("redis", shown, True, managed, "started by the stack" if managed else "already running")
@@ -218,7 +219,7 @@ def up_redis(settings: Settings) -> ServiceStatus:
     if url.password:
         argv += ["--requirepass", url.password]
     _spawn(settings, "redis", argv, cwd=settings.local_dir)
-    _wait(lambda: _redis_check(settings.redis_url), f"Redis at {shown}", 30, _log_file(settings, "redis"))
+    _wait(lambda: _redis_check(settings), f"Redis at {shown}", 30, _log_file(settings, "redis"))
     return ServiceStatus("redis", shown, True, True, "valkey-server started by the stack")
 
 

@@ -53,6 +53,8 @@ from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.backoff import ExponentialBackoff
 
+from core import redis_client
+
 log = logging.getLogger(__name__)
 
 Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
@@ -223,18 +225,37 @@ class PlatformRedisOnlineStore(RedisOnlineStore):
         return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs,
                 "host": nodes[0]["host"], "port": nodes[0]["port"]}
 
+    def _sentinel_master(self, store_config, timeout: float, asynchronous: bool, retry):
+        """The master behind Sentinel, followed across failovers (core.redis_client: the Sentinels
+        get the servers' password and TLS options, which Feast's own Sentinel client leaves out)."""
+        nodes, kwargs = self._parse_connection_string(store_config.connection_string)
+        return redis_client.sentinel_master([(n["host"], int(n["port"])) for n in nodes], store_config.sentinel_master,
+                                            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs},
+                                            asynchronous=asynchronous, retry=retry)
+
+    def _new_client(self, store_config, asynchronous: bool):
+        """The platform's client: the reads' short deadline and single retry for the feature server
+        (async), the writes' longer ones otherwise; None for a cluster (Feast's own client)."""
+        if asynchronous:
+            timeout, retry = store_config.serving_timeout_seconds, aioredis.retry.Retry(
+                ExponentialBackoff(cap=0.05, base=0.05), 1)
+        else:
+            timeout, retry = store_config.timeout_seconds, redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.1), 2)
+        if store_config.redis_type == RedisType.redis:
+            client_class = aioredis.Redis if asynchronous else redis.Redis
+            return client_class(**self._standalone_kwargs(store_config, timeout), retry=retry)
+        if store_config.redis_type == RedisType.redis_sentinel:
+            return self._sentinel_master(store_config, timeout, asynchronous, retry)
+        return None
+
     def _get_client(self, online_store_config):
-        if not self._client and online_store_config.redis_type == RedisType.redis:
-            self._client = redis.Redis(
-                **self._standalone_kwargs(online_store_config, online_store_config.timeout_seconds),
-                retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.1), 2))
-        return super()._get_client(online_store_config)  # cluster and sentinel: Feast's clients
+        if not self._client:
+            self._client = self._new_client(online_store_config, asynchronous=False)
+        return super()._get_client(online_store_config)
 
     async def _get_client_async(self, online_store_config):
-        if not self._client_async and online_store_config.redis_type == RedisType.redis:
-            self._client_async = aioredis.Redis(
-                **self._standalone_kwargs(online_store_config, online_store_config.serving_timeout_seconds),
-                retry=aioredis.retry.Retry(ExponentialBackoff(cap=0.05, base=0.05), 1))
+        if not self._client_async:
+            self._client_async = self._new_client(online_store_config, asynchronous=True)
         return await super()._get_client_async(online_store_config)
 
     def online_write_batch(self, config: RepoConfig, table, data: list[Row],

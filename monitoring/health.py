@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 import redis
 from botocore.exceptions import ClientError
 
-from core import s3
+from core import redis_client, s3
 from core.settings import Settings
 from etl import spec
 from etl.layout import list_partitions
@@ -102,12 +102,12 @@ class HealthReport:
 
 
 def _connect(settings: Settings) -> redis.Redis:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=30)
+    client = redis_client.connect(settings, socket_connect_timeout=3, socket_timeout=30)
     try:
         client.ping()
     except redis.RedisError as exc:
-        shown = settings.redis_url.split("@")[-1]
-        raise RedisUnavailable(f"cannot reach Redis at {shown}: {str(exc).rstrip('.')}. Check FP_REDIS_URL and that Redis is up.") from exc
+        raise RedisUnavailable(f"cannot reach Redis at {settings.redis_location}: {str(exc).rstrip('.')}. "
+                               "Check FP_REDIS_URL (and FP_REDIS_SENTINEL_MASTER) and that Redis is up.") from exc
     return client
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -58,6 +58,65 @@ def dedicated_valkey(folder: Path, *args: str):
         client.close()
         proc.terminate()
         proc.wait(10)
+
+
+@dataclass
+class SentinelTopology:
+    master: int
+    replica: int
+    sentinels: list[int]
+    password: str
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=self.password, socket_timeout=5)
+
+    def master_port(self) -> int:
+        return int(self.client(self.sentinels[0]).sentinel_get_master_addr_by_name("feast")[1])
+
+
+@contextlib.contextmanager
+def sentinel_topology(folder: Path, password: str = "s3ntinel-pass"):
+    """A master, a replica and three Sentinels watching them as master `feast` (quorum 2), each
+    valkey on a free port, every one of them (the Sentinels too) requiring ``password``, as the
+    Redis chart's Sentinel deployment does (auth.sentinel). Stopped after."""
+    binary = devstack.valkey_server_binary()
+    procs = []
+    master, replica = free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", password,
+              "--masterauth", password]
+    try:
+        for port, extra in ((master, []), (replica, ["--replicaof", "127.0.0.1", str(master)])):
+            (folder / str(port)).mkdir(parents=True)
+            procs.append(subprocess.Popen([binary, "--port", str(port), "--dir", str(folder / str(port)), *common, *extra],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sentinels = [free_port() for _ in range(3)]
+        for port in sentinels:
+            config = folder / f"sentinel-{port}.conf"  # Sentinel rewrites its file: each its own
+            config.write_text(f"port {port}\nbind 127.0.0.1\ndir {folder}\nrequirepass {password}\n"
+                              f"sentinel sentinel-pass {password}\nsentinel monitor feast 127.0.0.1 {master} 2\n"
+                              f"sentinel auth-pass feast {password}\nsentinel down-after-milliseconds feast 1000\n"
+                              "sentinel failover-timeout feast 5000\n")
+            procs.append(subprocess.Popen([binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        topology = SentinelTopology(master, replica, sentinels, password)
+        deadline = time.monotonic() + 30
+        while True:  # every Sentinel knows the replica and the two other Sentinels
+            try:
+                if all(len(topology.client(p).sentinel_slaves("feast")) == 1
+                       and len(topology.client(p).sentinel_sentinels("feast")) == 2 for p in sentinels) \
+                        and topology.client(replica).info("replication")["master_link_status"] == "up":
+                    break
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel topology did not come up within 30 s")
+            time.sleep(0.2)
+        yield topology
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
 
 
 class Loop:
@@ -266,7 +325,8 @@ def cli_env(settings: Settings, **extra: str) -> dict:
                    "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key or ""}
     return {"FP_S3_FEATURES_PREFIX": settings.s3_features_prefix, "FP_S3_RAW_PREFIX": settings.s3_raw_prefix,
             "FP_FEAST_PROJECT": settings.feast_project, "FP_REGISTRY_URL": settings.registry_url,
-            "FP_REDIS_URL": settings.redis_url, **(credentials if settings.aws_access_key_id else {}), **extra}
+            "FP_REDIS_URL": settings.redis_url, "FP_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master or "",
+            **(credentials if settings.aws_access_key_id else {}), **extra}
 
 
 def rejected_export(source: Path, folder: Path) -> Path:

@@ -42,6 +42,20 @@ def test_percent_encoded_redis_credentials_reach_feast_decoded(monkeypatch):
         settings_mod.load().redis_connection_string
 
 
+def test_a_sentinel_master_makes_every_client_ask_the_sentinels(monkeypatch):
+    monkeypatch.setenv("FP_REDIS_URL", "rediss://:secret@redis.feature-platform.svc:26379/0?ssl_ca_certs=/tls/ca.crt")
+    plain = settings_mod.load()
+    assert (plain.feast_env()["FP_FEAST_REDIS_TYPE"], plain.worker_env()["FP_REDIS_SENTINEL_MASTER"]) == ("redis", "")
+    monkeypatch.setenv("FP_REDIS_SENTINEL_MASTER", " feast ")
+    sentinel = settings_mod.load()
+    assert sentinel.redis_sentinel_master == "feast"
+    assert {k: sentinel.feast_env()[k] for k in ("FP_FEAST_REDIS_TYPE", "FP_FEAST_SENTINEL_MASTER")} == {
+        "FP_FEAST_REDIS_TYPE": "redis_sentinel", "FP_FEAST_SENTINEL_MASTER": "feast"}
+    assert sentinel.worker_env()["FP_REDIS_SENTINEL_MASTER"] == "feast"  # worker pods follow the same master
+    assert sentinel.redis_location == "master feast of Sentinel redis.feature-platform.svc:26379/0"
+    assert "secret" not in sentinel.redis_location
+
+
 @pytest.mark.parametrize("env, value, message", [
     ("FP_API_PORT", "http", "FP_API_PORT must be a TCP port number"),
     ("FP_API_PORT", "70000", "FP_API_PORT must be a TCP port number"),
@@ -49,6 +63,7 @@ def test_percent_encoded_redis_credentials_reach_feast_decoded(monkeypatch):
     ("FP_MATERIALIZE_BATCH_SIZE", "-1", "FP_MATERIALIZE_BATCH_SIZE must be a positive integer"),
     ("FP_COMPUTE_ENGINE", "spark", "FP_COMPUTE_ENGINE must be 'local' or 'ray', got 'spark'"),
     ("FP_RAY_OBJECT_STORE_MB", "64", "FP_RAY_OBJECT_STORE_MB must be a whole number of MB, at least 80"),
+    ("FP_REDIS_SENTINEL_MASTER", "feast prod", "FP_REDIS_SENTINEL_MASTER must be a Sentinel master name"),
 ])
 def test_invalid_values_say_what_to_fix(monkeypatch, env, value, message):
     monkeypatch.setenv(env, value)
