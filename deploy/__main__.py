@@ -4,6 +4,8 @@
                                           (--release: also every image pinned by digest)
   python -m deploy pin-images [--built worker=sha256:...] [--check]
                                           record each image's digest where it is written
+  python -m deploy images [--version]     every image the deployment runs, where it is written
+                                          (--version: the one tag of the images built here)
 
 Exit codes: 0 ok; 1 problems found, images built here left unpinned, or (--check) a tag serving
 other content than the digest recorded; 2 a registry could not be read or an argument is wrong
@@ -59,6 +61,21 @@ def _pin(built: list[str], check: bool, plain_http: list[str], root: Path) -> in
     return 1 if missing else 0
 
 
+def _images(root: Path, version: bool) -> int:
+    try:
+        found = images.uses(root)
+        if version:
+            print(images.built_version(found))
+            return 0
+    except ValueError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)
+        return 1
+    for use in found:
+        origin = f"built here ({use.built})" if use.built else use.reference.registry
+        print(f"{use.where}\t{use.reference}\t{origin}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                      help="the checkout whose deploy/ and helm-values/ to pin (default: this one)")
     pin.add_argument("--plain-http", action="append", default=[], metavar="HOST:PORT",
                      help="a registry spoken to over http, not https (a local registry)")
+    listing = commands.add_parser("images", help="every image the deployment runs, where it is written")
+    listing.add_argument("--version", action="store_true", help="print the one tag of the images built here")
+    listing.add_argument("--root", type=Path, default=images.ROOT, metavar="DIR", help="the checkout to read")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(args.release)
+    if args.command == "images":
+        return _images(args.root, args.version)
     return _pin(args.built, args.check, args.plain_http, args.root)
 
 

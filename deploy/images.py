@@ -185,6 +185,15 @@ def uses(root: Path = ROOT) -> list[ImageUse]:
     return found
 
 
+def built_version(found: list[ImageUse]) -> str:
+    """The one tag every image built here is written with (a release builds and pushes that tag)."""
+    tags = sorted({use.reference.tag for use in found if use.built})
+    if len(tags) != 1:
+        raise ValueError(f"the images built here are written with {len(tags)} tags {tags}; a release has one: "
+                         "write the same version everywhere")
+    return tags[0]
+
+
 def unpinned(found: list[ImageUse]) -> list[ImageUse]:
     return [use for use in found if not use.pinned]
 

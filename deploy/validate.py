@@ -544,6 +544,10 @@ def image_problems(release: bool = False, root: Path = ROOT) -> list[Problem]:
         return [Problem("images", str(exc))]
     problems = [Problem(use.where, "`latest` moves: name a version") for use in found if use.reference.tag == "latest"]
     problems += [Problem("images", message) for message in images.inconsistent(found)]
+    try:
+        images.built_version(found)
+    except ValueError as exc:
+        problems.append(Problem("images", str(exc)))
     if release:
         for use in images.unpinned(found):
             how = (f"`python -m deploy pin-images --built {use.built}=sha256:<the digest its push printed>`"

@@ -279,3 +279,22 @@ def test_a_build_stage_named_in_from_is_not_an_image(tmp_path):
     dockerfile_uses = [(u.where, str(u.reference)) for u in images.uses(root) if u.path.name == "Dockerfile.worker"]
     assert dockerfile_uses == [("deploy/Dockerfile.worker:1: FROM", "python:3.11-slim-bookworm"),
                                ("deploy/Dockerfile.worker:4: FROM", "busybox:1.37")]
+
+
+def test_cli_lists_every_image_and_the_one_release_version(tmp_path):
+    listing = _cli("images")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert len(lines) == len(images.uses())
+    assert "helm-values/redis.yaml: image\tdocker.io/bitnamilegacy/redis:8.2.1-debian-12-r0\tregistry-1.docker.io" in lines
+    assert any(line.endswith("\tbuilt here (worker)") for line in lines)
+    assert _cli("images", "--version").stdout == "0.1.0\n"
+
+    root = tmp_path / "checkout"
+    shutil.copytree(ROOT / "deploy", root / "deploy", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "helm-values", root / "helm-values")
+    ray = root / "deploy" / "ray" / "raycluster.yaml"
+    ray.write_text(ray.read_text().replace("worker:0.1.0", "worker:0.2.0"))  # a version bumped in one place
+    mixed = _cli("images", "--version", "--root", str(root))
+    assert mixed.returncode == 1 and "written with 2 tags ['0.1.0', '0.2.0']" in mixed.stderr
+    assert any("a release has one" in str(p) for p in validate.image_problems(root=root))

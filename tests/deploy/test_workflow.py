@@ -1,11 +1,14 @@
-"""The GitHub workflow that applies feature definitions: pull-request code never sees a secret."""
+"""The GitHub workflows: the one that applies feature definitions (pull-request code never sees a
+secret) and the release (images pushed, every digest recorded, nothing left to a tag)."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
+from deploy import images
 from helpers import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "feature-definitions.yml"
@@ -38,8 +41,40 @@ def test_apply_runs_on_main_only_behind_an_environment():
     assert "secrets." not in yaml.safe_dump(apply.get("env", {})), "secrets are given to the steps that use them"
 
 
-def test_actions_are_pinned_by_commit_sha():
-    uses = re.findall(r"uses:\s*(\S+)", WORKFLOW.read_text())
+RELEASE = ROOT / ".github" / "workflows" / "release.yml"
+
+
+@pytest.mark.parametrize("workflow", sorted((ROOT / ".github" / "workflows").glob("*.yml")), ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_sha(workflow):
+    uses = re.findall(r"uses:\s*(\S+)", workflow.read_text())
     assert uses
     for action in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", action), f"{action} is not pinned by commit SHA"
+
+
+def test_release_runs_on_tags_only_with_its_own_token():
+    release = yaml.safe_load(RELEASE.read_text())
+    assert release[True] == {"push": {"tags": ["v*"]}}  # YAML reads the `on:` key as True
+    assert release["permissions"] == {"contents": "write", "packages": "write"}
+    assert set(re.findall(r"secrets\.(\w+)", RELEASE.read_text())) == {"GITHUB_TOKEN"}
+
+
+def test_release_pins_what_it_pushed_then_refuses_any_tag_alone():
+    steps = yaml.safe_load(RELEASE.read_text())["jobs"]["images"]["steps"]
+    runs = [str(step.get("run", "")) for step in steps]
+    builds = {step["id"]: step["with"] for step in steps if "build-push-action" in str(step.get("uses"))}
+    assert {name: (b["file"], b["push"]) for name, b in builds.items()} == {
+        "worker": ("deploy/Dockerfile.worker", True), "airflow": ("deploy/Dockerfile.airflow", True)}
+    for name, build in builds.items():  # the tags pushed are the images' names in the files
+        assert build["tags"] == f"{images.BUILT[name]}:${{{{ steps.version.outputs.version }}}}"
+    order = [next(i for i, run in enumerate(runs) if marker in run) for marker in (
+        "deploy images --version", "deploy pin-images", "deploy validate --release", "git push origin")]
+    assert order == sorted(order)
+    pin = runs[order[1]]
+    for name in images.BUILT:
+        assert f'--built "{name}=${{{{ steps.{name}.outputs.digest }}}}"' in pin
+    assert order[0] < min(i for i, step in enumerate(steps) if "build-push-action" in str(step.get("uses")))
+
+
+def test_the_release_version_is_the_one_the_files_are_written_with():
+    assert images.built_version(images.uses()) == "0.1.0"
