@@ -142,10 +142,17 @@ def test_eviction_since_last_check_fails_naming_the_count(materialized, evicting
 
 
 def test_unreachable_redis_is_a_clear_error(materialized):
-    env = {**cli_env(materialized), "FP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    port = free_port()
+    env = {**cli_env(materialized), "FP_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
     proc = run_cli("monitoring", "health", env=env)
     assert proc.returncode == 1
-    assert "cannot reach Redis at redis://127.0.0.1:" in proc.stderr and "FP_REDIS_URL" in proc.stderr
+    assert f"cannot reach Redis at 127.0.0.1:{port}/0" in proc.stderr and "FP_REDIS_URL" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+    # behind Sentinel: the Sentinel's address and the master's name
+    proc = run_cli("monitoring", "health", env={**env, "FP_REDIS_SENTINEL_MASTER": "feast"})
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot reach Redis at master feast of Sentinel 127.0.0.1:{port}/0" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_restarted_redis_counts_its_evictions_from_zero_and_says_so(materialized, tmp_path):
