@@ -19,6 +19,7 @@ say) so the digests can be brought forward on purpose.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,22 +210,18 @@ def inconsistent(found: list[ImageUse]) -> list[str]:
 
 # -- reading digests from registries ------------------------------------------------------------
 
-def resolve(reference: Reference, plain_http: frozenset[str] = frozenset(), registry_client=None) -> str:
+def resolve(reference: Reference, plain_http: frozenset[str] = frozenset()) -> str:
     """The digest the registry serves for ``reference``'s tag now (the multi-platform index when the
     image has one). ``plain_http``: registries spoken to over http (a local test registry)."""
-    import hashlib
-
     import oras.container  # only `pin-images` talks to registries; `validate` never does
     import oras.provider
 
-    client = registry_client
-    if client is None:
-        client = oras.provider.Registry(insecure=reference.registry in plain_http)
-        # One deadline for every request, the token service's included (they share the session).
-        client.session.request = functools.partial(client.session.request, timeout=REQUEST_TIMEOUT)
-        # credentials of `docker login` for private registries; public images need none
-        client.auth.load_configs(oras.container.Container(f"{reference.repository}:{reference.tag}",
-                                                          registry=reference.registry))
+    client = oras.provider.Registry(insecure=reference.registry in plain_http)
+    # One deadline for every request, the token service's included (they share the session).
+    client.session.request = functools.partial(client.session.request, timeout=REQUEST_TIMEOUT)
+    # credentials of `docker login` for private registries; public images need none
+    client.auth.load_configs(oras.container.Container(f"{reference.repository}:{reference.tag}",
+                                                      registry=reference.registry))
     # oras' do_request retries failures for about two minutes; a person waiting on this command
     # is better served by one attempt and a message saying which registry did not answer.
     request = oras.provider.Registry.do_request.__wrapped__
@@ -295,7 +292,7 @@ class Change:
 
 
 def plan(found: list[ImageUse], built: dict[str, str], plain_http: frozenset[str] = frozenset(),
-         registry_client=None, progress=print) -> tuple[list[Change], list[str]]:
+         progress=print) -> tuple[list[Change], list[str]]:
     """(what to record, what could not be pinned). Built images take the digests in ``built``; every
     other image's tag is resolved once, however many times it is written."""
     unknown = set(built) - set(BUILT)
@@ -317,7 +314,7 @@ def plan(found: list[ImageUse], built: dict[str, str], plain_http: frozenset[str
             key = (use.reference.name, use.reference.tag)
             if key not in resolved:
                 progress(f"resolving {use.reference.name}:{use.reference.tag} on {use.reference.registry}")
-                resolved[key] = resolve(use.reference, plain_http, registry_client)
+                resolved[key] = resolve(use.reference, plain_http)
             digest = resolved[key]
         if digest != use.reference.digest:
             changes.append(Change(use, digest))

@@ -3,6 +3,7 @@ test certificates, CLI runs and ready-made histories. Fixtures live in conftest.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -400,7 +401,7 @@ class _TokenIssuer:
         certificate = _certificate("registry token issuer", key, None, key, ca=True)
         self.bundle = folder / "token-issuer.crt"
         self.bundle.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        chain = [__import__("base64").b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
+        chain = [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
         self.requests: list[dict] = []
         issuer = self
 
