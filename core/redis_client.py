@@ -10,7 +10,6 @@ only the socket options unless told otherwise (as Feast's own Sentinel client le
 from __future__ import annotations
 
 import redis
-import redis.asyncio
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 

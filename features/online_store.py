@@ -220,18 +220,21 @@ def _nanos(stamp: Timestamp) -> int:
 class PlatformRedisOnlineStore(RedisOnlineStore):
     _script = None
 
-    def _standalone_kwargs(self, store_config, timeout: float) -> dict:
+    def _connection(self, store_config, timeout: float) -> tuple[list[dict], dict]:
+        """(the connection string's nodes, its options with the connect and reply deadlines)."""
         nodes, kwargs = self._parse_connection_string(store_config.connection_string)
-        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs,
-                "host": nodes[0]["host"], "port": nodes[0]["port"]}
+        return nodes, {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs}
+
+    def _standalone_kwargs(self, store_config, timeout: float) -> dict:
+        nodes, kwargs = self._connection(store_config, timeout)
+        return {**kwargs, "host": nodes[0]["host"], "port": nodes[0]["port"]}
 
     def _sentinel_master(self, store_config, timeout: float, asynchronous: bool, retry):
         """The master behind Sentinel, followed across failovers (core.redis_client: the Sentinels
         get the servers' password and TLS options, which Feast's own Sentinel client leaves out)."""
-        nodes, kwargs = self._parse_connection_string(store_config.connection_string)
+        nodes, kwargs = self._connection(store_config, timeout)
         return redis_client.sentinel_master([(n["host"], int(n["port"])) for n in nodes], store_config.sentinel_master,
-                                            {"socket_timeout": timeout, "socket_connect_timeout": timeout, **kwargs},
-                                            asynchronous=asynchronous, retry=retry)
+                                            kwargs, asynchronous=asynchronous, retry=retry)
 
     def _new_client(self, store_config, asynchronous: bool):
         """The platform's client: the reads' short deadline and single retry for the feature server
