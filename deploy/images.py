@@ -36,7 +36,6 @@ BUILT = {"worker": "ghcr.io/hr-feature-platform/worker", "airflow": "ghcr.io/hr-
 IMAGE_MAPS = {
     "redis.yaml": ["image", "metrics.image"],
     "redis-prod.yaml": ["sentinel.image"],
-    "postgresql.yaml": ["image", "metrics.image"],
 }
 # Airflow chart: (repository key, tag key) pairs whose tag carries the digest (no digest field in
 # the chart's schema for them), and the default image's own digest key.

@@ -7,7 +7,9 @@
 * every manifest validates with kubernetes-validate in strict mode at TARGET_KUBERNETES_VERSION;
 * policy: no literal secrets, pinned image tags, CPU and memory requests and limits, Redis
   maxmemory below its container's memory limit, non-root and no privilege escalation, for the
-  charts' values and for our own Deployments alike;
+  charts' values and for our own Deployments and StatefulSets alike;
+* the registry database (deploy/k8s/registry-db.yaml): TLS on, a pg_hba.conf admitting network
+  clients only over TLS with SCRAM passwords, a NetworkPolicy admitting only its labelled clients;
 * serving: the feature server's Deployment runs serving.feature_server.FLAGS, the flags `make
   serve` runs locally, and every Deployment has a PodDisruptionBudget and an autoscaler;
 * the Ray cluster (deploy/ray, FP_COMPUTE_ENGINE=ray): no RayCluster schema is available offline,
@@ -48,7 +50,6 @@ RELEASES = {
     "airflow": ("airflow", ["airflow.yaml"]),
     "redis": ("bitnami-redis", ["redis.yaml"]),
     "redis-prod": ("bitnami-redis", ["redis.yaml", "redis-prod.yaml"]),
-    "feast-registry-db": ("bitnami-postgresql", ["postgresql.yaml"]),
 }
 
 # Maps whose keys are the user's to choose (the chart's default is an empty or example map).
@@ -65,13 +66,15 @@ RESOURCE_PATHS = {
                 "scheduler.logGroomerSidecar", "triggerer.logGroomerSidecar", "dagProcessor.logGroomerSidecar"],
     "redis": ["master", "metrics"],
     "redis-prod": ["master", "replica", "sentinel", "metrics"],
-    "feast-registry-db": ["primary", "metrics"],
 }
 IMAGE_PATHS = {
     "redis": ["image", "metrics.image"],
     "redis-prod": ["image", "metrics.image", "sentinel.image"],
-    "feast-registry-db": ["image", "metrics.image"],
 }
+# The registry database (deploy/k8s/registry-db.yaml): its StatefulSet and Service, the name in
+# FP_REGISTRY_URL and in its certificate.
+REGISTRY_DB = "feast-registry-postgresql"
+REGISTRY_DB_CLIENT_LABEL = "feast-registry-postgresql-client"
 
 
 @dataclass(frozen=True)
@@ -272,8 +275,8 @@ def _pinned(image: str) -> bool:
 
 
 def workload_problems(name: str, doc: dict) -> list[Problem]:
-    """Our own Deployments meet the same bar as the charts' values."""
-    if doc.get("kind") != "Deployment":
+    """Our own Deployments and StatefulSets meet the same bar as the charts' values."""
+    if doc.get("kind") not in {"Deployment", "StatefulSet"}:
         return []
     return pod_problems(name, doc["spec"]["template"]["spec"])
 
@@ -325,14 +328,15 @@ def serving_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
 
 
 def network_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
-    """Default deny in the platform's namespace; Redis and the registry database admit only their clients."""
+    """Default deny in the platform's namespace; Redis admits only its clients (the registry database:
+    registry_database_problems)."""
     problems = []
     deny = [d for _, d in documents if d.get("kind") == "NetworkPolicy" and d["spec"].get("podSelector") == {}
             and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
             and not d["spec"].get("ingress") and not d["spec"].get("egress")]
     if not deny:
         problems.append(Problem("deploy/k8s", "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)"))
-    for release, path in (("redis", "networkPolicy"), ("feast-registry-db", "primary.networkPolicy")):
+    for release, path in (("redis", "networkPolicy"),):
         policy = _get(release_values(release)[0], path) or {}
         if not policy.get("enabled") or policy.get("allowExternal") is not False:
             problems.append(Problem(f"{release}: {path}", "enabled with allowExternal: false (clients by label only)"))
@@ -372,12 +376,12 @@ def _mounts_ca(pod_spec: dict) -> bool:
 
 
 def tls_problems(documents: list[tuple[str, dict]], overrides: dict[str, list[dict]] | None = None) -> list[Problem]:
-    """Redis and the registry database serve TLS; every pod holding their URLs has the CA to verify them.
-    ``overrides``: a release's values layers in place of its files."""
+    """Redis serves TLS (the registry database: registry_database_problems); every pod holding their
+    URLs has the CA to verify them. ``overrides``: a release's values layers in place of its files."""
     from orchestration.worker import CA_MOUNT_PATH, CA_SECRET_NAME, SECRET_NAME
 
     problems = []
-    for release in ("redis", "feast-registry-db"):
+    for release in ("redis",):
         merged, _ = release_values(release, (overrides or {}).get(release))
         if (_get(merged, "tls") or {}).get("enabled") is not True:
             problems.append(Problem(f"{release}: tls.enabled", "must be true (clients verify the certificate)"))
@@ -396,6 +400,87 @@ def tls_problems(documents: list[tuple[str, dict]], overrides: dict[str, list[di
             {"volumes": airflow.get("volumes"), "containers": [{"volumeMounts": airflow.get("volumeMounts")}]}):
         problems.append(Problem("airflow: volumes", f"Airflow's pods get {SECRET_NAME}: mount Secret {CA_SECRET_NAME} "
                                                     f"at {CA_MOUNT_PATH}"))
+    return problems
+
+
+def server_options(args: list[str]) -> dict[str, str]:
+    """PostgreSQL's ``-c name=value`` options from a container's args."""
+    options, pending = {}, False
+    for arg in args:
+        if pending or arg.startswith("-c") and arg != "-c":
+            name, _, value = (arg if pending else arg[2:]).partition("=")
+            options[name.strip()] = value.strip()
+        pending = arg == "-c"
+    return options
+
+
+def mounted_config(pod: dict, container: dict, path: str, documents: list[tuple[str, dict]]) -> str | None:
+    """The text of the ConfigMap entry a container sees at ``path``, or None when no ConfigMap is mounted there."""
+    for mount in container.get("volumeMounts") or []:
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(folder):
+            continue
+        volume = next((v for v in pod.get("volumes") or [] if v["name"] == mount["name"]), {})
+        source = volume.get("configMap") or {}
+        relative = path[len(folder):]
+        key = next((i["key"] for i in source.get("items") or [] if i["path"] == relative), relative)
+        config = next((d for _, d in documents if d.get("kind") == "ConfigMap"
+                       and d["metadata"]["name"] == source.get("name")), None)
+        return None if config is None else (config.get("data") or {}).get(key)
+    return None
+
+
+def hba_problems(text: str, where: str) -> list[Problem]:
+    """Network clients only over TLS with a SCRAM password; no trust anywhere."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        kind, method = fields[0], fields[-1]
+        if kind == "local":
+            if method not in {"peer", "scram-sha-256"}:
+                problems.append(Problem(f"{where}:{number}", f"local connections must use peer or scram-sha-256, not {method}"))
+        elif kind != "hostssl":
+            problems.append(Problem(f"{where}:{number}", f"{kind} admits connections without TLS: use hostssl"))
+        elif method != "scram-sha-256":
+            problems.append(Problem(f"{where}:{number}", f"network clients must authenticate with scram-sha-256, not {method}"))
+    return problems
+
+
+def registry_database_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """The registry database (deploy/k8s/registry-db.yaml) serves TLS only, its pg_hba.conf admits
+    network clients only over TLS with a SCRAM password, and a NetworkPolicy admits only its clients."""
+    database = next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == REGISTRY_DB),
+                    None)
+    if database is None:
+        return [Problem("deploy/k8s", f"no StatefulSet {REGISTRY_DB} (the registry database)")]
+    where = f"StatefulSet {REGISTRY_DB}"
+    pod = database["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    options = server_options(container.get("args") or [])
+    problems = []
+    if options.get("ssl") != "on":
+        problems.append(Problem(f"{where}: args", "must run with -c ssl=on (clients verify the certificate)"))
+    hba = mounted_config(pod, container, options.get("hba_file", ""), documents)
+    if hba is None:
+        problems.append(Problem(f"{where}: args", "-c hba_file= must name a pg_hba.conf mounted from a ConfigMap"))
+    else:
+        problems += hba_problems(hba, f"{where}: pg_hba.conf")
+    labels = database["spec"]["template"]["metadata"].get("labels") or {}
+    policies = [d for _, d in documents if d.get("kind") == "NetworkPolicy"
+                and (d["spec"].get("podSelector") or {}).get("matchLabels")
+                and (d["spec"]["podSelector"]["matchLabels"]).items() <= labels.items()
+                and "Ingress" in d["spec"].get("policyTypes", [])]
+    if not policies:
+        problems.append(Problem(where, "no NetworkPolicy selects its pods for Ingress"))
+    for policy in policies:
+        for index, rule in enumerate(policy["spec"].get("ingress") or []):
+            peers = rule.get("from") or [{}]
+            if any((peer.get("podSelector") or {}).get("matchLabels", {}).get(REGISTRY_DB_CLIENT_LABEL) != "true"
+                   for peer in peers):
+                problems.append(Problem(f"NetworkPolicy {policy['metadata']['name']}: ingress[{index}]",
+                                        f"admit only pods labelled {REGISTRY_DB_CLIENT_LABEL}=true"))
     return problems
 
 
@@ -565,4 +650,5 @@ def check_all(release: bool = False) -> list[Problem]:
         problems += check_manifest(name, doc) + workload_problems(name, doc)
     ray_documents = manifests(RAY_DIR)
     return (problems + serving_problems(documents) + network_problems(documents) + egress_problems(documents + ray_documents)
-            + tls_problems(documents) + admission_problems(documents) + ray_problems(ray_documents))
+            + tls_problems(documents) + registry_database_problems(documents) + admission_problems(documents)
+            + ray_problems(ray_documents))

@@ -21,7 +21,7 @@ from core import settings as settings_mod
 from core.settings import Settings
 from etl import generate as gen
 
-from helpers import POSTGRES_ADMIN_URL, WebhookListener
+from helpers import POSTGRES_ADMIN_URL, WebhookListener, deployed_registry_database
 
 
 def pytest_configure(config):
@@ -108,3 +108,21 @@ def postgres_registry():
         for database in created:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def registry_database():
+    """The registry database as deploy/k8s/registry-db.yaml runs it (helpers.deployed_registry_database),
+    with a certificate for localhost; one for the session."""
+    import pwd
+    import shutil
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("the registry database runs as user postgres, and this machine has no such account")
+    if os.geteuid() != 0 or not all(shutil.which(b) for b in ("initdb", "pg_ctl", "psql", "runuser")):
+        pytest.skip("the registry database is started as user postgres with initdb, pg_ctl, psql and runuser: "
+                    "this needs root and the PostgreSQL server binaries (the CI machine has both)")
+    with deployed_registry_database() as database:
+        yield database

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -518,3 +519,100 @@ def push_image(host: str, repository: str, tag: str, content: bytes, index: bool
     return manifest(tag, {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                           "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image_digest,
                                          "size": size, "platform": {"architecture": "amd64", "os": "linux"}}]})
+
+
+@dataclass
+class RegistryDatabase:
+    """A running registry database (``deployed_registry_database``): its port, the CA that signed its
+    certificate (for ``host``), and user feast's password."""
+    port: int
+    host: str
+    ca: Path
+    password: str
+    folder: Path
+
+    def url(self, user: str = "feast", password: str | None = None, database: str = "feast_registry",
+            **query: str) -> str:
+        """An SQLAlchemy URL reaching it at 127.0.0.1 under the certificate's name ``host``."""
+        from urllib.parse import quote, urlencode
+
+        secret = self.password if password is None else password
+        credentials = f"{quote(user, safe='')}:{quote(secret, safe='')}" if secret else quote(user, safe="")
+        return (f"postgresql+psycopg://{credentials}@{self.host}:{self.port}/{database}?"
+                + urlencode({"hostaddr": "127.0.0.1", **query}))
+
+
+def _run_as(account, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    prefix = ["runuser", "-u", account.pw_name, "--", "env", *[f"{k}={v}" for k, v in (env or {}).items()]]
+    return subprocess.run(prefix + argv, capture_output=True, text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def deployed_registry_database(host: str = "localhost", password: str = "feast's pass word"):
+    """The registry database as deploy/k8s/registry-db.yaml runs it, on a free port with this machine's
+    PostgreSQL binaries: the StatefulSet's server options and environment, the ConfigMap's pg_hba.conf
+    and first-start script, and the Secrets laid out as Kubernetes mounts them (owner root, group the
+    pod's fsGroup, the volume's mode). The server runs as user postgres (the image's user, 999 there),
+    so this needs root. Stopped and removed after."""
+    import pwd
+    import shlex
+    import shutil
+    import tempfile
+
+    from deploy import validate
+
+    account = pwd.getpwnam("postgres")
+    documents = validate.manifests()
+    statefulset = next(d for _, d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"] == validate.REGISTRY_DB)
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    config_maps = {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
+    folder = Path(tempfile.mkdtemp(prefix="fp-registry-db-"))  # pytest's temporary root admits only root
+    os.chmod(folder, 0o755)
+    pki = make_pki(folder / "pki", [host])
+    secret_data = {"feast-registry-db": {"postgres-password": secrets.token_urlsafe(16), "password": password},
+                   "feast-registry-db-tls": {"tls.crt": (pki / f"{host}.crt").read_text(),
+                                             "tls.key": (pki / f"{host}.key").read_text()}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        local = folder / "mounts" / mount["name"]
+        local.mkdir(parents=True)
+        volume = volumes.get(mount["name"], {})
+        source = volume.get("configMap") or volume.get("secret")
+        if source:
+            data = config_maps[source["name"]] if "configMap" in volume else secret_data[source["secretName"]]
+            for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+                (local / item["path"]).write_text(data[item["key"]])
+                os.chown(local / item["path"], 0, account.pw_gid)  # group: the pod's fsGroup, postgres
+                os.chmod(local / item["path"], source.get("defaultMode", 0o644))
+        else:  # the data volume and the emptyDirs: the pod's user may write there
+            os.chown(local, account.pw_uid, account.pw_gid)
+        mounts[mount["mountPath"]] = str(local)
+
+    # One pass, longest mount path first: a local folder may itself lie under a mount path (/tmp).
+    mounted = re.compile("|".join(re.escape(m) + r"(?=/|$)" for m in sorted(mounts, key=len, reverse=True)))
+
+    def local_path(value: str) -> str:
+        return mounted.sub(lambda match: mounts[match.group(0)], value)
+
+    env = {e["name"]: local_path(e["value"]) for e in container.get("env") or [] if "value" in e}
+    data, sockets, log = env["PGDATA"], mounts["/var/run/postgresql"], folder / "log" / "postgres.log"
+    log.parent.mkdir()
+    os.chown(log.parent, account.pw_uid, account.pw_gid)
+    port = free_port()
+    # What the image's entrypoint does on an empty volume: initdb with the superuser's password file.
+    init = _run_as(account, ["initdb", "-D", data, "-U", "postgres", f"--pwfile={env['POSTGRES_PASSWORD_FILE']}"])
+    assert init.returncode == 0, init.stderr[-2000:]
+    options = [local_path(a) for a in container["args"]] + [
+        "-p", str(port), "-k", sockets, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+    started = _run_as(account, ["pg_ctl", "-D", data, "-l", str(log), "-o", shlex.join(options), "-w", "start"])
+    assert started.returncode == 0, started.stderr[-2000:] + (log.read_text()[-2000:] if log.exists() else "")
+    try:
+        for script in sorted(Path(mounts["/docker-entrypoint-initdb.d"]).glob("*.sh")):
+            ran = _run_as(account, ["sh", str(script)], {**env, "PGHOST": sockets, "PGPORT": str(port)})
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+        yield RegistryDatabase(port, host, pki / "ca.crt", password, folder)
+    finally:
+        _run_as(account, ["pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        shutil.rmtree(folder, ignore_errors=True)

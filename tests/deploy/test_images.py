@@ -33,7 +33,6 @@ def test_every_image_written_in_the_deployment_is_found():
     assert sorted(use.where for use in found if use.path.parent.name == "helm-values") == sorted([
         "helm-values/redis.yaml: image", "helm-values/redis.yaml: metrics.image",
         "helm-values/redis-prod.yaml: sentinel.image",
-        "helm-values/postgresql.yaml: image", "helm-values/postgresql.yaml: metrics.image",
         "helm-values/airflow.yaml: defaultAirflowRepository", "helm-values/airflow.yaml: images.statsd.tag",
         "helm-values/airflow.yaml: images.pod_template.tag", "helm-values/airflow.yaml: env FP_WORKER_IMAGE"])
     built = {use.built for use in found if use.built}
@@ -99,9 +98,13 @@ def _deployment_copy(tmp_path, host: str):
             text = images.set_scalar(text, use.digest_key.rsplit(".", 1)[0] + ".registry", host)
         elif use.path.name.startswith("Dockerfile"):
             text = text.replace(f"FROM {use.reference}", f"FROM {host}/{use.reference.repository}:{use.reference.tag}")
-        else:
+        elif use.tag_key:
             key = use.tag_key.rsplit(".", 1)[0] + ".repository"
             text = images.set_scalar(text, key, f"{host}/{use.reference.repository}")
+        else:  # a manifest's `image:`
+            written = rf"(image:\s*)\S*{re.escape(use.reference.repository)}:{re.escape(use.reference.tag)}(?=\s)"
+            text, count = re.subn(written, rf"\g<1>{host}/{use.reference.repository}:{use.reference.tag}", text)
+            assert count, use.where
         use.path.write_text(text)
     return root
 
@@ -266,8 +269,9 @@ def test_readme_lists_every_image_and_who_maintains_it():
     section = readme[readme.index("### Images"):]
     section = section[:section.index("\n#", 4)]
     for use in images.uses():
-        name = use.reference.name.removeprefix("docker.io/")
-        assert f"`{name}:{use.reference.tag}`" in section, f"README's Images table does not list {name}:{use.reference.tag}"
+        names = {use.reference.name, use.reference.name.removeprefix("docker.io/")}  # as written, or Docker's short form
+        assert any(f"`{name}:{use.reference.tag}`" in section for name in names), \
+            f"README's Images table does not list {use.reference.name}:{use.reference.tag}"
 
 
 def test_a_build_stage_named_in_from_is_not_an_image(tmp_path):

@@ -42,7 +42,7 @@ PLANTED = {
                          r"master\.persistance: unknown key"),
     "wrong type": ("airflow", lambda v: v["scheduler"].__setitem__("replicas", "two"),
                    r"scheduler\.replicas: 'two' is not of type 'integer'"),
-    "literal password": ("feast-registry-db", lambda v: v["auth"].__setitem__("password", "hunter2"),
+    "literal password": ("redis", lambda v: v["auth"].__setitem__("password", "hunter2"),
                          r"auth\.password: literal secret"),
     "literal secret env": ("airflow", lambda v: v["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}),
                            r"env AWS_SECRET_ACCESS_KEY: literal secret"),
@@ -198,12 +198,78 @@ def test_planted_security_mistakes_are_caught(case):
     assert re.search(expected, "\n".join(map(str, checker(documents)))), checker(documents)
 
 
-@pytest.mark.parametrize("release", ["redis", "feast-registry-db"])
-def test_redis_and_the_registry_database_require_tls(release):
-    layers = layers_of(release)
+def test_redis_requires_tls():
+    layers = layers_of("redis")
     layers[0]["tls"]["enabled"] = False
-    problems = validate.tls_problems(validate.manifests(), {release: layers})
-    assert [str(p) for p in problems] == [f"{release}: tls.enabled: must be true (clients verify the certificate)"]
+    problems = validate.tls_problems(validate.manifests(), {"redis": layers})
+    assert [str(p) for p in problems] == ["redis: tls.enabled: must be true (clients verify the certificate)"]
+
+
+def _registry_database(documents) -> dict:
+    return _named(documents, "StatefulSet", validate.REGISTRY_DB)["spec"]["template"]["spec"]
+
+
+def _set_hba(documents, text: str) -> None:
+    _named(documents, "ConfigMap", "feast-registry-db")["data"]["pg_hba.conf"] = text
+
+
+def _replace_arg(documents, old: str, new: str) -> None:
+    args = _registry_database(documents)["containers"][0]["args"]
+    args[args.index(old)] = new
+
+
+def test_the_registry_database_runs_a_maintained_image_with_tls_only():
+    documents = validate.manifests()
+    assert validate.registry_database_problems(documents) == []
+    container = _registry_database(documents)["containers"][0]
+    assert container["image"].startswith("docker.io/library/postgres:17-")  # the Docker Official Image
+    assert validate.server_options(container["args"])["ssl"] == "on"
+    from deploy import images
+
+    assert [u.where for u in images.uses() if "postgres" in u.reference.name] == [
+        "deploy/k8s/registry-db.yaml#3: StatefulSet feast-registry-postgresql spec.template.spec.containers[postgresql]"]
+
+
+REGISTRY_DB_PLANTED = {
+    "TLS off": (lambda docs: _replace_arg(docs, "ssl=on", "ssl=off"), r"must run with -c ssl=on"),
+    "no pg_hba.conf": (lambda docs: _replace_arg(docs, "hba_file=/etc/feast-registry-db/config/pg_hba.conf",
+                                                 "hba_file=/var/lib/postgresql/data/pg_hba.conf"),
+                       r"-c hba_file= must name a pg_hba.conf mounted from a ConfigMap"),
+    "plaintext admitted": (lambda docs: _set_hba(docs, "local all postgres peer\nhost feast_registry feast 0.0.0.0/0 "
+                                                       "scram-sha-256\n"), r"pg_hba.conf:2: host admits connections without TLS"),
+    "trust over TLS": (lambda docs: _set_hba(docs, "hostssl all all 0.0.0.0/0 trust\n"),
+                       r"pg_hba.conf:1: network clients must authenticate with scram-sha-256, not trust"),
+    "trust on the socket": (lambda docs: _set_hba(docs, "local all all trust\n"),
+                            r"local connections must use peer or scram-sha-256, not trust"),
+    "no network policy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "NetworkPolicy"
+                                                        and x[1]["metadata"]["name"] == validate.REGISTRY_DB)),
+                          r"no NetworkPolicy selects its pods for Ingress"),
+    "any pod admitted": (lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][0]
+                         .pop("from"), r"admit only pods labelled feast-registry-postgresql-client=true"),
+    "a namespace admitted whole": (lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][0]
+                                   ["from"][1].pop("podSelector"), r"ingress\[0\]: admit only pods labelled"),
+    "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet")),
+                    r"no StatefulSet feast-registry-postgresql"),
+}
+
+
+@pytest.mark.parametrize("case", list(REGISTRY_DB_PLANTED))
+def test_planted_registry_database_mistakes_are_caught(case):
+    documents = _documents()
+    mutate, expected = REGISTRY_DB_PLANTED[case]
+    mutate(documents)
+    problems = "\n".join(map(str, validate.registry_database_problems(documents)))
+    assert re.search(expected, problems), problems
+
+
+def test_the_registry_database_meets_the_pod_policy():
+    documents = _documents()
+    name = next(n for n, d in documents if d["kind"] == "StatefulSet")
+    assert validate.workload_problems(name, _named(documents, "StatefulSet", validate.REGISTRY_DB)) == []
+    _registry_database(documents)["securityContext"]["runAsNonRoot"] = False
+    _registry_database(documents)["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    problems = "\n".join(map(str, validate.workload_problems(name, _named(documents, "StatefulSet", validate.REGISTRY_DB))))
+    assert "securityContext.runAsNonRoot: must be true" in problems and "read-only root filesystem" in problems
 
 
 def test_redis_policy_suits_feast_keys():
