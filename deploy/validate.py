@@ -430,6 +430,10 @@ def mounted_config(pod: dict, container: dict, path: str, documents: list[tuple[
     return None
 
 
+HBA_METHODS = {"trust", "reject", "scram-sha-256", "md5", "password", "gss", "sspi", "ident", "peer", "ldap", "radius",
+               "cert", "pam", "bsd", "oauth"}
+
+
 def hba_problems(text: str, where: str) -> list[Problem]:
     """Network clients only over TLS with a SCRAM password; no trust anywhere."""
     problems = []
@@ -437,7 +441,8 @@ def hba_problems(text: str, where: str) -> list[Problem]:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
-        kind, method = fields[0], fields[-1]
+        kind = fields[0]
+        method = next((f for f in fields[3:] if f in HBA_METHODS), "(none)")  # after type, database, user[, address]
         if kind == "local":
             if method not in {"peer", "scram-sha-256"}:
                 problems.append(Problem(f"{where}:{number}", f"local connections must use peer or scram-sha-256, not {method}"))
@@ -476,6 +481,9 @@ def registry_database_problems(documents: list[tuple[str, dict]]) -> list[Proble
         problems.append(Problem(where, "no NetworkPolicy selects its pods for Ingress"))
     for policy in policies:
         for index, rule in enumerate(policy["spec"].get("ingress") or []):
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            if ports and not ports & {5432, "postgresql"}:
+                continue  # metrics and the like, not the database
             peers = rule.get("from") or [{}]
             if any((peer.get("podSelector") or {}).get("matchLabels", {}).get(REGISTRY_DB_CLIENT_LABEL) != "true"
                    for peer in peers):

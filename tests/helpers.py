@@ -524,12 +524,19 @@ def push_image(host: str, repository: str, tag: str, content: bytes, index: bool
 @dataclass
 class RegistryDatabase:
     """A running registry database (``deployed_registry_database``): its port, the CA that signed its
-    certificate (for ``host``), and user feast's password."""
+    certificate (for ``host``), user feast's password, and where the pod's mount paths lie here."""
     port: int
     host: str
     ca: Path
     password: str
     folder: Path
+    mounts: dict[str, str]
+
+    def local_path(self, value: str) -> str:
+        """``value`` with the pod's mount paths replaced by where they lie here (one pass, longest
+        first: a local folder may itself lie under a mount path such as /tmp)."""
+        mounted = re.compile("|".join(re.escape(m) + r"(?=[/\s]|$)" for m in sorted(self.mounts, key=len, reverse=True)))
+        return mounted.sub(lambda match: self.mounts[match.group(0)], value)
 
     def url(self, user: str = "feast", password: str | None = None, database: str = "feast_registry",
             **query: str) -> str:
@@ -590,12 +597,7 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
             os.chown(local, account.pw_uid, account.pw_gid)
         mounts[mount["mountPath"]] = str(local)
 
-    # One pass, longest mount path first: a local folder may itself lie under a mount path (/tmp).
-    mounted = re.compile("|".join(re.escape(m) + r"(?=/|$)" for m in sorted(mounts, key=len, reverse=True)))
-
-    def local_path(value: str) -> str:
-        return mounted.sub(lambda match: mounts[match.group(0)], value)
-
+    local_path = RegistryDatabase(0, host, pki / "ca.crt", password, folder, mounts).local_path
     env = {e["name"]: local_path(e["value"]) for e in container.get("env") or [] if "value" in e}
     data, sockets, log = env["PGDATA"], mounts["/var/run/postgresql"], folder / "log" / "postgres.log"
     log.parent.mkdir()
@@ -612,7 +614,7 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
         for script in sorted(Path(mounts["/docker-entrypoint-initdb.d"]).glob("*.sh")):
             ran = _run_as(account, ["sh", str(script)], {**env, "PGHOST": sockets, "PGPORT": str(port)})
             assert ran.returncode == 0, ran.stdout + ran.stderr
-        yield RegistryDatabase(port, host, pki / "ca.crt", password, folder)
+        yield RegistryDatabase(port, host, pki / "ca.crt", password, folder, mounts)
     finally:
         _run_as(account, ["pg_ctl", "-D", data, "-m", "immediate", "stop"])
         shutil.rmtree(folder, ignore_errors=True)

@@ -57,3 +57,29 @@ def test_the_probes_report_the_running_database_ready(registry_database):
         ran = subprocess.run(["runuser", "-u", postgres.pw_name, "--", "env", f"PGPORT={registry_database.port}",
                               *command], capture_output=True, text=True, timeout=30)
         assert ran.returncode == 0 and "accepting connections" in ran.stdout, (kind, ran.stdout, ran.stderr)
+
+
+def _pod() -> dict:
+    statefulset = next(d for _, d in validate.manifests() if d["kind"] == "StatefulSet"
+                       and d["metadata"]["name"] == validate.REGISTRY_DB)
+    return statefulset["spec"]["template"]["spec"]
+
+
+def _psql(database, conninfo: str, sql: str) -> subprocess.CompletedProcess:
+    # As the pod's user (postgres there and here), through the socket folder as this server lays it out.
+    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "--no-psqlrc", "-Atc", sql,
+                           f"{database.local_path(conninfo)} port={database.port}"],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_the_metrics_exporter_reads_statistics_and_nothing_else(registry_database):
+    exporter = next(c for c in _pod()["containers"] if c["name"] == "metrics")
+    conninfo = next(e["value"] for e in exporter["env"] if e["name"] == "DATA_SOURCE_NAME")
+    assert "password" not in conninfo  # the socket and the pod's user identify it
+    read = _psql(registry_database, conninfo, "SELECT current_user, pg_has_role('pg_monitor', 'MEMBER'), "
+                                              "count(*) > 0 FROM pg_stat_database")
+    assert read.returncode == 0 and read.stdout.strip() == "metrics|t|t", read.stdout + read.stderr
+    write = _psql(registry_database, conninfo, "CREATE TABLE taken (id int)")
+    assert write.returncode != 0 and "permission denied" in write.stderr, write.stdout + write.stderr
+    registry = _psql(registry_database, conninfo.replace("dbname=postgres", "dbname=feast_registry"), "SELECT 1")
+    assert registry.returncode != 0 and "no pg_hba.conf entry" in registry.stderr, registry.stderr

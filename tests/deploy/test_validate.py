@@ -226,8 +226,9 @@ def test_the_registry_database_runs_a_maintained_image_with_tls_only():
     assert validate.server_options(container["args"])["ssl"] == "on"
     from deploy import images
 
-    assert [u.where for u in images.uses() if "postgres" in u.reference.name] == [
-        "deploy/k8s/registry-db.yaml#3: StatefulSet feast-registry-postgresql spec.template.spec.containers[postgresql]"]
+    # the only PostgreSQL images anywhere: the official server and the Prometheus community's exporter
+    assert sorted(u.reference.name for u in images.uses() if "postgres" in u.reference.name) == [
+        "docker.io/library/postgres", "quay.io/prometheuscommunity/postgres-exporter"]
 
 
 REGISTRY_DB_PLANTED = {
@@ -248,6 +249,11 @@ REGISTRY_DB_PLANTED = {
                          .pop("from"), r"admit only pods labelled feast-registry-postgresql-client=true"),
     "a namespace admitted whole": (lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][0]
                                    ["from"][1].pop("podSelector"), r"ingress\[0\]: admit only pods labelled"),
+    "the database port opened to monitoring": (
+        lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][1]["ports"].append(
+            {"protocol": "TCP", "port": 5432}), r"ingress\[1\]: admit only pods labelled"),
+    "password auth on the socket hidden behind options": (
+        lambda docs: _set_hba(docs, "local all all trust map=metrics\n"), r"not trust"),
     "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet")),
                     r"no StatefulSet feast-registry-postgresql"),
 }
