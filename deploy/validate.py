@@ -435,7 +435,7 @@ HBA_METHODS = {"trust", "reject", "scram-sha-256", "md5", "password", "gss", "ss
 
 
 def hba_problems(text: str, where: str) -> list[Problem]:
-    """Network clients only over TLS with a SCRAM password; no trust anywhere."""
+    """Network clients only over TLS with a SCRAM password; no trust anywhere (reject lines are fine)."""
     problems = []
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split("#", 1)[0].split()
@@ -443,6 +443,8 @@ def hba_problems(text: str, where: str) -> list[Problem]:
             continue
         kind = fields[0]
         method = next((f for f in fields[3:] if f in HBA_METHODS), "(none)")  # after type, database, user[, address]
+        if method == "reject":
+            continue
         if kind == "local":
             if method not in {"peer", "scram-sha-256"}:
                 problems.append(Problem(f"{where}:{number}", f"local connections must use peer or scram-sha-256, not {method}"))

@@ -268,6 +268,13 @@ def test_planted_registry_database_mistakes_are_caught(case):
     assert re.search(expected, problems), problems
 
 
+def test_reject_lines_are_no_finding():
+    text = "hostnossl all all 0.0.0.0/0 reject\nlocal all postgres peer\nhostssl feast_registry feast ::/0 scram-sha-256\n"
+    assert validate.hba_problems(text, "pg_hba.conf") == []
+    assert [str(p) for p in validate.hba_problems(text.replace("reject", "md5"), "pg_hba.conf")] == [
+        "pg_hba.conf:1: hostnossl admits connections without TLS: use hostssl"]
+
+
 def test_the_registry_database_meets_the_pod_policy():
     documents = _documents()
     name = next(n for n, d in documents if d["kind"] == "StatefulSet")
