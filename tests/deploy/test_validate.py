@@ -252,7 +252,7 @@ REGISTRY_DB_PLANTED = {
     "the database port opened to monitoring": (
         lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][1]["ports"].append(
             {"protocol": "TCP", "port": 5432}), r"ingress\[1\]: admit only pods labelled"),
-    "password auth on the socket hidden behind options": (
+    "trust on the socket behind options": (
         lambda docs: _set_hba(docs, "local all all trust map=metrics\n"), r"not trust"),
     "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet")),
                     r"no StatefulSet feast-registry-postgresql"),
