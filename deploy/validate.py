@@ -336,10 +336,9 @@ def network_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
             and not d["spec"].get("ingress") and not d["spec"].get("egress")]
     if not deny:
         problems.append(Problem("deploy/k8s", "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)"))
-    for release, path in (("redis", "networkPolicy"),):
-        policy = _get(release_values(release)[0], path) or {}
-        if not policy.get("enabled") or policy.get("allowExternal") is not False:
-            problems.append(Problem(f"{release}: {path}", "enabled with allowExternal: false (clients by label only)"))
+    policy = release_values("redis")[0].get("networkPolicy") or {}
+    if not policy.get("enabled") or policy.get("allowExternal") is not False:
+        problems.append(Problem("redis: networkPolicy", "enabled with allowExternal: false (clients by label only)"))
     return problems
 
 
@@ -381,10 +380,9 @@ def tls_problems(documents: list[tuple[str, dict]], overrides: dict[str, list[di
     from orchestration.worker import CA_MOUNT_PATH, CA_SECRET_NAME, SECRET_NAME
 
     problems = []
-    for release in ("redis",):
-        merged, _ = release_values(release, (overrides or {}).get(release))
-        if (_get(merged, "tls") or {}).get("enabled") is not True:
-            problems.append(Problem(f"{release}: tls.enabled", "must be true (clients verify the certificate)"))
+    merged, _ = release_values("redis", (overrides or {}).get("redis"))
+    if (merged.get("tls") or {}).get("enabled") is not True:
+        problems.append(Problem("redis: tls.enabled", "must be true (clients verify the certificate)"))
     for name, doc in documents:
         if doc.get("kind") != "Deployment":
             continue
@@ -455,11 +453,16 @@ def hba_problems(text: str, where: str) -> list[Problem]:
     return problems
 
 
+def registry_database(documents: list[tuple[str, dict]]) -> dict | None:
+    """The registry database's StatefulSet among ``documents``."""
+    return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == REGISTRY_DB),
+                None)
+
+
 def registry_database_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     """The registry database (deploy/k8s/registry-db.yaml) serves TLS only, its pg_hba.conf admits
     network clients only over TLS with a SCRAM password, and a NetworkPolicy admits only its clients."""
-    database = next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == REGISTRY_DB),
-                    None)
+    database = registry_database(documents)
     if database is None:
         return [Problem("deploy/k8s", f"no StatefulSet {REGISTRY_DB} (the registry database)")]
     where = f"StatefulSet {REGISTRY_DB}"

@@ -549,8 +549,9 @@ class RegistryDatabase:
                 + urlencode({"hostaddr": "127.0.0.1", **query}))
 
 
-def _run_as(account, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    prefix = ["runuser", "-u", account.pw_name, "--", "env", *[f"{k}={v}" for k, v in (env or {}).items()]]
+def run_as_postgres(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """``argv`` as user postgres (the registry database's user, here and in its pod), with ``env`` added."""
+    prefix = ["runuser", "-u", "postgres", "--", "env", *[f"{k}={v}" for k, v in (env or {}).items()]]
     return subprocess.run(prefix + argv, capture_output=True, text=True, timeout=120)
 
 
@@ -570,8 +571,7 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
 
     account = pwd.getpwnam("postgres")
     documents = validate.manifests()
-    statefulset = next(d for _, d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"] == validate.REGISTRY_DB)
-    pod = statefulset["spec"]["template"]["spec"]
+    pod = validate.registry_database(documents)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     config_maps = {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
     folder = Path(tempfile.mkdtemp(prefix="fp-registry-db-"))  # pytest's temporary root admits only root
@@ -597,24 +597,23 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
             os.chown(local, account.pw_uid, account.pw_gid)
         mounts[mount["mountPath"]] = str(local)
 
-    local_path = RegistryDatabase(0, host, pki / "ca.crt", password, folder, mounts).local_path
-    env = {e["name"]: local_path(e["value"]) for e in container.get("env") or [] if "value" in e}
+    database = RegistryDatabase(free_port(), host, pki / "ca.crt", password, folder, mounts)
+    env = {e["name"]: database.local_path(e["value"]) for e in container.get("env") or [] if "value" in e}
     data, sockets, log = env["PGDATA"], mounts["/var/run/postgresql"], folder / "log" / "postgres.log"
     log.parent.mkdir()
     os.chown(log.parent, account.pw_uid, account.pw_gid)
-    port = free_port()
     # What the image's entrypoint does on an empty volume: initdb with the superuser's password file.
-    init = _run_as(account, ["initdb", "-D", data, "-U", "postgres", f"--pwfile={env['POSTGRES_PASSWORD_FILE']}"])
+    init = run_as_postgres(["initdb", "-D", data, "-U", "postgres", f"--pwfile={env['POSTGRES_PASSWORD_FILE']}"])
     assert init.returncode == 0, init.stderr[-2000:]
-    options = [local_path(a) for a in container["args"]] + [
-        "-p", str(port), "-k", sockets, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
-    started = _run_as(account, ["pg_ctl", "-D", data, "-l", str(log), "-o", shlex.join(options), "-w", "start"])
+    options = [database.local_path(a) for a in container["args"]] + [
+        "-p", str(database.port), "-k", sockets, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+    started = run_as_postgres(["pg_ctl", "-D", data, "-l", str(log), "-o", shlex.join(options), "-w", "start"])
     assert started.returncode == 0, started.stderr[-2000:] + (log.read_text()[-2000:] if log.exists() else "")
     try:
         for script in sorted(Path(mounts["/docker-entrypoint-initdb.d"]).glob("*.sh")):
-            ran = _run_as(account, ["sh", str(script)], {**env, "PGHOST": sockets, "PGPORT": str(port)})
+            ran = run_as_postgres(["sh", str(script)], {**env, "PGHOST": sockets, "PGPORT": str(database.port)})
             assert ran.returncode == 0, ran.stdout + ran.stderr
-        yield RegistryDatabase(port, host, pki / "ca.crt", password, folder, mounts)
+        yield database
     finally:
-        _run_as(account, ["pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        run_as_postgres(["pg_ctl", "-D", data, "-m", "immediate", "stop"])
         shutil.rmtree(folder, ignore_errors=True)

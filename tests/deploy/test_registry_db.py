@@ -4,14 +4,13 @@ refuses, and its probes. The Feast registry on it: tests/features/test_registry_
 
 from __future__ import annotations
 
-import pwd
 import subprocess
 import sys
 
 import pytest
 
 from deploy import validate
-from helpers import make_pki
+from helpers import make_pki, run_as_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -45,31 +44,23 @@ def test_the_registry_database_refuses_anything_less(registry_database, tmp_path
     assert proc.returncode == 1 and error in proc.stdout, (case, proc.stdout, proc.stderr[-1000:])
 
 
+def _pod() -> dict:
+    return validate.registry_database(validate.manifests())["spec"]["template"]["spec"]
+
+
 def test_the_probes_report_the_running_database_ready(registry_database):
-    statefulset = next(d for _, d in validate.manifests() if d["kind"] == "StatefulSet"
-                       and d["metadata"]["name"] == validate.REGISTRY_DB)
-    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    container = _pod()["containers"][0]
     probes = {k: container[k]["exec"]["command"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert all(command[0] == "pg_isready" for command in probes.values()), probes
-    postgres = pwd.getpwnam("postgres")
     for kind, command in probes.items():
         # As the pod runs it, but on this server's port (PGPORT; the pod's server uses the default 5432).
-        ran = subprocess.run(["runuser", "-u", postgres.pw_name, "--", "env", f"PGPORT={registry_database.port}",
-                              *command], capture_output=True, text=True, timeout=30)
+        ran = run_as_postgres(command, {"PGPORT": str(registry_database.port)})
         assert ran.returncode == 0 and "accepting connections" in ran.stdout, (kind, ran.stdout, ran.stderr)
-
-
-def _pod() -> dict:
-    statefulset = next(d for _, d in validate.manifests() if d["kind"] == "StatefulSet"
-                       and d["metadata"]["name"] == validate.REGISTRY_DB)
-    return statefulset["spec"]["template"]["spec"]
 
 
 def _psql(database, conninfo: str, sql: str) -> subprocess.CompletedProcess:
     # As the pod's user (postgres there and here), through the socket folder as this server lays it out.
-    return subprocess.run(["runuser", "-u", "postgres", "--", "psql", "--no-psqlrc", "-Atc", sql,
-                           f"{database.local_path(conninfo)} port={database.port}"],
-                          capture_output=True, text=True, timeout=30)
+    return run_as_postgres(["psql", "--no-psqlrc", "-Atc", sql, f"{database.local_path(conninfo)} port={database.port}"])
 
 
 def test_the_metrics_exporter_reads_statistics_and_nothing_else(registry_database):

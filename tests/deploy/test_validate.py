@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from deploy import validate
+from deploy import images, validate
 
 RELEASES = list(validate.RELEASES)
 
@@ -224,8 +224,6 @@ def test_the_registry_database_runs_a_maintained_image_with_tls_only():
     container = _registry_database(documents)["containers"][0]
     assert container["image"].startswith("docker.io/library/postgres:17-")  # the Docker Official Image
     assert validate.server_options(container["args"])["ssl"] == "on"
-    from deploy import images
-
     # the only PostgreSQL images anywhere: the official server and the Prometheus community's exporter
     assert sorted(u.reference.name for u in images.uses() if "postgres" in u.reference.name) == [
         "docker.io/library/postgres", "quay.io/prometheuscommunity/postgres-exporter"]
