@@ -41,6 +41,8 @@ demo: up
 test: venv
 	@command -v docker-registry >/dev/null || { echo "installing docker-registry (the container registry the image-pinning tests push to) from Debian"; \
 	  apt-get update -qq && apt-get install -y -qq docker-registry >/dev/null; } || echo "docker-registry could not be installed: the image-pinning tests will say so"
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "installing redis-server (TLS-capable, for the online store's deployment tests) from Debian"; \
+	  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } || echo "redis-server could not be installed: the online store's deployment tests will say so"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: up

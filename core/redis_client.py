@@ -1,9 +1,9 @@
 """Clients of the online store's Redis: the server itself, or its master behind Sentinel.
 
-With Sentinel (FP_REDIS_SENTINEL_MASTER, helm-values/redis-prod.yaml), a client asks a Sentinel
+With Sentinel (FP_REDIS_SENTINEL_MASTER, deploy/k8s/online-store.yaml), a client asks a Sentinel
 where the master is and asks again after a failover, so writes and reads follow the master without
 reconfiguration. The Sentinels are reached with exactly the password and TLS options the servers
-are: the charts' Sentinels require both (``auth.sentinel``, ``tls``), and redis-py gives Sentinels
+are: the deployed Sentinels require both, and redis-py gives Sentinels
 only the socket options unless told otherwise (as Feast's own Sentinel client leaves them).
 """
 

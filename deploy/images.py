@@ -1,7 +1,7 @@
 """Every container image the deployment runs, and the digest each is pinned to.
 
 Images are written where the tools that pull them read them: the Dockerfiles' ``FROM`` lines, the
-Helm values (the charts' ``image.digest``, ``defaultAirflowDigest``, or a tag carrying
+Helm values (the Airflow chart's ``defaultAirflowDigest``, or a tag carrying
 ``@sha256:...`` where a chart has no digest field) and the manifests' ``image:`` fields. This module
 finds every one of them (``uses``), says which a release would still pull by tag alone
 (``unpinned``) and records digests in place (``pin``):
@@ -32,11 +32,6 @@ MANIFEST_FOLDERS = ("deploy/k8s", "deploy/ray")  # relative to a checkout's root
 # Images built from this repository: name -> repository (deploy/Dockerfile.<name>).
 BUILT = {"worker": "ghcr.io/hr-feature-platform/worker", "airflow": "ghcr.io/hr-feature-platform/airflow"}
 
-# Helm values: file -> image maps (dotted paths) in the charts' registry/repository/tag/digest form.
-IMAGE_MAPS = {
-    "redis.yaml": ["image", "metrics.image"],
-    "redis-prod.yaml": ["sentinel.image"],
-}
 # Airflow chart: (repository key, tag key) pairs whose tag carries the digest (no digest field in
 # the chart's schema for them), and the default image's own digest key.
 AIRFLOW_VALUES = "airflow.yaml"
@@ -62,7 +57,7 @@ class RegistryError(RuntimeError):
 
 @dataclass(frozen=True)
 class Reference:
-    name: str                 # as written: "python", "docker.io/bitnamilegacy/redis", "ghcr.io/org/worker"
+    name: str                 # as written: "python", "docker.io/valkey/valkey", "ghcr.io/org/worker"
     tag: str
     digest: str | None = None
 
@@ -99,11 +94,11 @@ class Reference:
 
 @dataclass(frozen=True)
 class ImageUse:
-    where: str                # "helm-values/redis.yaml: metrics.image"
+    where: str                # "helm-values/airflow.yaml: images.statsd.tag"
     path: Path
     reference: Reference
     built: str | None = None  # a key of BUILT when this repository builds the image
-    digest_key: str | None = None  # values key holding the digest (a chart's digest field)
+    digest_key: str | None = None  # values key holding the digest (the chart's defaultAirflowDigest)
     tag_key: str | None = None     # values key whose tag carries the digest (a chart without a digest field)
     # neither: the reference is written whole (a Dockerfile, a manifest, an environment variable)
 
@@ -151,14 +146,6 @@ def uses(root: Path = ROOT) -> list[ImageUse]:
             if match and match.group(2):
                 stages.add(match.group(2))
     values_dir = root / "helm-values"
-    for file, paths in IMAGE_MAPS.items():
-        values = yaml.safe_load((values_dir / file).read_text()) or {}
-        for dotted in paths:
-            image = _get(values, dotted) or {}
-            name = "/".join(p for p in (image.get("registry"), image.get("repository")) if p)
-            reference = Reference.parse(f"{name}:{image.get('tag')}").with_digest(image.get("digest") or None)
-            found.append(ImageUse(f"helm-values/{file}: {dotted}", values_dir / file, reference,
-                                  digest_key=f"{dotted}.digest"))
     airflow_file = values_dir / AIRFLOW_VALUES
     airflow = yaml.safe_load(airflow_file.read_text()) or {}
     repository, tag, digest = (_get(airflow, key) for key in AIRFLOW_DEFAULT)

@@ -5,9 +5,11 @@
 * every key we set exists in the chart's defaults, so a typo the schema tolerates (a misspelled
   top-level key, say) is caught;
 * every manifest validates with kubernetes-validate in strict mode at TARGET_KUBERNETES_VERSION;
-* policy: no literal secrets, pinned image tags, CPU and memory requests and limits, Redis
-  maxmemory below its container's memory limit, non-root and no privilege escalation, for the
-  charts' values and for our own Deployments and StatefulSets alike;
+* policy: no literal secrets, pinned image tags, CPU and memory requests and limits, non-root and
+  no privilege escalation, for the chart's values and for our own Deployments and StatefulSets alike;
+* the online store (deploy/k8s/online-store.yaml): TLS only, for clients, replication and the
+  Sentinels; maxmemory below the servers' memory limit with noeviction; a NetworkPolicy admitting only
+  its labelled clients and its own pods;
 * the registry database (deploy/k8s/registry-db.yaml): TLS on, a pg_hba.conf admitting network
   clients only over TLS with SCRAM passwords, a NetworkPolicy admitting only its labelled clients;
 * serving: the feature server's Deployment runs serving.feature_server.FLAGS, the flags `make
@@ -48,8 +50,6 @@ TARGET_KUBERNETES_VERSION = "1.33.0"  # manifests here and the pod specs the DAG
 # values file(s) -> chart; overlays are merged in order over the base.
 RELEASES = {
     "airflow": ("airflow", ["airflow.yaml"]),
-    "redis": ("bitnami-redis", ["redis.yaml"]),
-    "redis-prod": ("bitnami-redis", ["redis.yaml", "redis-prod.yaml"]),
 }
 
 # Maps whose keys are the user's to choose (the chart's default is an empty or example map).
@@ -64,16 +64,14 @@ CREDENTIAL_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 RESOURCE_PATHS = {
     "airflow": ["workers", "scheduler", "apiServer", "triggerer", "dagProcessor", "migrateDatabaseJob", "statsd",
                 "scheduler.logGroomerSidecar", "triggerer.logGroomerSidecar", "dagProcessor.logGroomerSidecar"],
-    "redis": ["master", "metrics"],
-    "redis-prod": ["master", "replica", "sentinel", "metrics"],
-}
-IMAGE_PATHS = {
-    "redis": ["image", "metrics.image"],
-    "redis-prod": ["image", "metrics.image", "sentinel.image"],
 }
 # The registry database (deploy/k8s/registry-db.yaml): its StatefulSet and Service, the name in
 # FP_REGISTRY_URL and in its certificate.
 REGISTRY_DB = "feast-registry-postgresql"
+# The online store (deploy/k8s/online-store.yaml): its StatefulSet, and the label its clients carry.
+ONLINE_STORE = "redis-node"
+ONLINE_STORE_CLIENT_LABEL = "redis-client"
+ONLINE_STORE_CONFIG = {"valkey": "/etc/valkey/config/valkey.conf", "sentinel": "/etc/valkey/config/sentinel.conf"}
 REGISTRY_DB_CLIENT_LABEL = "feast-registry-postgresql-client"
 
 
@@ -201,11 +199,6 @@ def policy_problems(release: str, merged: dict) -> list[Problem]:
             for resource in ("cpu", "memory"):
                 if not (resources.get(kind) or {}).get(resource):
                     problems.append(Problem(f"{release}: {path or '(top)'}.resources.{kind}.{resource}", "missing"))
-    for path in IMAGE_PATHS.get(release, []):
-        image = _get(merged, path) or {}
-        tag = str(image.get("tag") or "")
-        if not tag or tag == "latest":
-            problems.append(Problem(f"{release}: {path}.tag", f"image tag must be pinned (got {tag or 'none'!r})"))
     if release == "airflow":
         tag = str(merged.get("defaultAirflowTag") or "")
         if not tag or tag == "latest":
@@ -217,18 +210,6 @@ def policy_problems(release: str, merged: dict) -> list[Problem]:
             problems.append(Problem("airflow: securityContexts.pod.runAsNonRoot", "must be true"))
         if (merged.get("createUserJob") or {}).get("enabled"):
             problems.append(Problem("airflow: createUserJob.enabled", "no default admin user in production"))
-    if release.startswith("redis"):
-        config = str(merged.get("commonConfiguration") or "")
-        match = re.search(r"^\s*maxmemory\s+(\S+)", config, re.MULTILINE)
-        for role in ("master", "replica") if merged.get("architecture") == "replication" else ("master",):
-            limit = ((_get(merged, f"{role}.resources") or {}).get("limits") or {}).get("memory")
-            if not match or not limit:
-                problems.append(Problem(f"{release}: maxmemory", "set maxmemory and a memory limit"))
-            elif _memory_bytes(match.group(1)) >= _memory_bytes(limit):
-                problems.append(Problem(f"{release}: maxmemory", f"{match.group(1)} must stay below {role}'s limit {limit}"))
-            context = _get(merged, f"{role}.containerSecurityContext") or {}
-            if not context.get("runAsNonRoot") or context.get("allowPrivilegeEscalation") is not False:
-                problems.append(Problem(f"{release}: {role}.containerSecurityContext", "non-root, no privilege escalation"))
     return problems
 
 
@@ -328,17 +309,14 @@ def serving_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
 
 
 def network_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
-    """Default deny in the platform's namespace; Redis admits only its clients (the registry database:
-    registry_database_problems)."""
+    """Default deny in the platform's namespace (what the online store and the registry database admit:
+    online_store_problems, registry_database_problems)."""
     problems = []
     deny = [d for _, d in documents if d.get("kind") == "NetworkPolicy" and d["spec"].get("podSelector") == {}
             and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
             and not d["spec"].get("ingress") and not d["spec"].get("egress")]
     if not deny:
         problems.append(Problem("deploy/k8s", "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress)"))
-    policy = release_values("redis")[0].get("networkPolicy") or {}
-    if not policy.get("enabled") or policy.get("allowExternal") is not False:
-        problems.append(Problem("redis: networkPolicy", "enabled with allowExternal: false (clients by label only)"))
     return problems
 
 
@@ -374,15 +352,12 @@ def _mounts_ca(pod_spec: dict) -> bool:
                for c in pod_spec.get("containers", []) for m in c.get("volumeMounts") or [])
 
 
-def tls_problems(documents: list[tuple[str, dict]], overrides: dict[str, list[dict]] | None = None) -> list[Problem]:
-    """Redis serves TLS (the registry database: registry_database_problems); every pod holding their
-    URLs has the CA to verify them. ``overrides``: a release's values layers in place of its files."""
+def tls_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """Every pod holding the online store's or the registry's URL has the CA to verify them (that
+    they serve TLS: online_store_problems, registry_database_problems)."""
     from orchestration.worker import CA_MOUNT_PATH, CA_SECRET_NAME, SECRET_NAME
 
     problems = []
-    merged, _ = release_values("redis", (overrides or {}).get("redis"))
-    if (merged.get("tls") or {}).get("enabled") is not True:
-        problems.append(Problem("redis: tls.enabled", "must be true (clients verify the certificate)"))
     for name, doc in documents:
         if doc.get("kind") != "Deployment":
             continue
@@ -453,6 +428,87 @@ def hba_problems(text: str, where: str) -> list[Problem]:
     return problems
 
 
+def online_store(documents: list[tuple[str, dict]]) -> dict | None:
+    """The online store's StatefulSet among ``documents``."""
+    return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == ONLINE_STORE),
+                None)
+
+
+def _ingress_reaching(documents: list[tuple[str, dict]], workload: dict, ports: set) -> list[tuple[str, dict]] | None:
+    """(where, rule) for every ingress rule of the NetworkPolicies selecting ``workload``'s pods that
+    reaches one of ``ports`` (a rule naming no port reaches them all); None when no policy selects them."""
+    labels = workload["spec"]["template"]["metadata"].get("labels") or {}
+    policies = [d for _, d in documents if d.get("kind") == "NetworkPolicy"
+                and (d["spec"].get("podSelector") or {}).get("matchLabels")
+                and (d["spec"]["podSelector"]["matchLabels"]).items() <= labels.items()
+                and "Ingress" in d["spec"].get("policyTypes", [])]
+    if not policies:
+        return None
+    return [(f"NetworkPolicy {policy['metadata']['name']}: ingress[{index}]", rule)
+            for policy in policies for index, rule in enumerate(policy["spec"].get("ingress") or [])
+            if not rule.get("ports") or {p.get("port") for p in rule["ports"]} & ports]
+
+
+def _config(text: str) -> dict[str, str]:
+    """A valkey.conf's directives (lower-cased) and their values, the last one winning."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.split(None, 1)
+        if fields and not fields[0].startswith("#"):
+            found[fields[0].lower()] = fields[1].strip() if len(fields) > 1 else ""
+    return found
+
+
+def online_store_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
+    """The online store (deploy/k8s/online-store.yaml): servers and Sentinels serve and replicate over
+    TLS only; the servers' maxmemory stays below their memory limit and they never evict Feast's keys
+    (noeviction); a NetworkPolicy admits to them only the platform's labelled clients and each other."""
+    store = online_store(documents)
+    if store is None:
+        return [Problem("deploy/k8s", f"no StatefulSet {ONLINE_STORE} (the online store)")]
+    where = f"StatefulSet {ONLINE_STORE}"
+    pod = store["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    problems = []
+    for name, path in ONLINE_STORE_CONFIG.items():
+        text = mounted_config(pod, containers.get(name, {}), path, documents)
+        if text is None:
+            problems.append(Problem(f"{where}: {name}", f"no configuration mounted from a ConfigMap at {path}"))
+            continue
+        config = _config(text)
+        if config.get("port") != "0":
+            problems.append(Problem(f"{where}: {path}", "`port 0`: no plain-text port (clients verify the certificate)"))
+        for directive in ("tls-cert-file", "tls-key-file", "tls-ca-cert-file"):
+            if not config.get(directive):
+                problems.append(Problem(f"{where}: {path}", f"{directive} must be set"))
+        if config.get("tls-replication") != "yes":
+            problems.append(Problem(f"{where}: {path}", "`tls-replication yes`: replication and Sentinel links over TLS"))
+        if name != "valkey":
+            continue
+        limit = ((containers[name].get("resources") or {}).get("limits") or {}).get("memory")
+        if not config.get("maxmemory") or not limit:
+            problems.append(Problem(f"{where}: {path}", "set maxmemory and the container's memory limit"))
+        elif _memory_bytes(config["maxmemory"]) >= _memory_bytes(limit):
+            problems.append(Problem(f"{where}: {path}", f"maxmemory {config['maxmemory']} must stay below the "
+                                                        f"container's memory limit {limit}"))
+        if config.get("maxmemory-policy") != "noeviction":
+            problems.append(Problem(f"{where}: {path}", "maxmemory-policy noeviction: evicted features would be "
+                                                        "served as missing"))
+    own_labels = store["spec"]["selector"]["matchLabels"]
+    rules = _ingress_reaching(documents, store, {6379, 26379, "valkey", "sentinel"})
+    if rules is None:
+        problems.append(Problem(where, "no NetworkPolicy selects its pods for Ingress"))
+    for rule_where, rule in rules or []:
+        for peer in rule.get("from") or [{}]:
+            labels = (peer.get("podSelector") or {}).get("matchLabels") or {}
+            client = labels.get(ONLINE_STORE_CLIENT_LABEL) == "true"
+            itself = "namespaceSelector" not in peer and labels.items() >= own_labels.items()
+            if not (client or itself):
+                problems.append(Problem(rule_where, f"admit only pods labelled {ONLINE_STORE_CLIENT_LABEL}=true "
+                                                    "and the store's own pods"))
+    return problems
+
+
 def registry_database(documents: list[tuple[str, dict]]) -> dict | None:
     """The registry database's StatefulSet among ``documents``."""
     return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == REGISTRY_DB),
@@ -477,23 +533,14 @@ def registry_database_problems(documents: list[tuple[str, dict]]) -> list[Proble
         problems.append(Problem(f"{where}: args", "-c hba_file= must name a pg_hba.conf mounted from a ConfigMap"))
     else:
         problems += hba_problems(hba, f"{where}: pg_hba.conf")
-    labels = database["spec"]["template"]["metadata"].get("labels") or {}
-    policies = [d for _, d in documents if d.get("kind") == "NetworkPolicy"
-                and (d["spec"].get("podSelector") or {}).get("matchLabels")
-                and (d["spec"]["podSelector"]["matchLabels"]).items() <= labels.items()
-                and "Ingress" in d["spec"].get("policyTypes", [])]
-    if not policies:
+    rules = _ingress_reaching(documents, database, {5432, "postgresql"})
+    if rules is None:
         problems.append(Problem(where, "no NetworkPolicy selects its pods for Ingress"))
-    for policy in policies:
-        for index, rule in enumerate(policy["spec"].get("ingress") or []):
-            ports = {p.get("port") for p in rule.get("ports") or []}
-            if ports and not ports & {5432, "postgresql"}:
-                continue  # metrics and the like, not the database
-            peers = rule.get("from") or [{}]
-            if any((peer.get("podSelector") or {}).get("matchLabels", {}).get(REGISTRY_DB_CLIENT_LABEL) != "true"
-                   for peer in peers):
-                problems.append(Problem(f"NetworkPolicy {policy['metadata']['name']}: ingress[{index}]",
-                                        f"admit only pods labelled {REGISTRY_DB_CLIENT_LABEL}=true"))
+    for rule_where, rule in rules or []:
+        peers = rule.get("from") or [{}]
+        if any((peer.get("podSelector") or {}).get("matchLabels", {}).get(REGISTRY_DB_CLIENT_LABEL) != "true"
+               for peer in peers):
+            problems.append(Problem(rule_where, f"admit only pods labelled {REGISTRY_DB_CLIENT_LABEL}=true"))
     return problems
 
 
@@ -663,5 +710,6 @@ def check_all(release: bool = False) -> list[Problem]:
         problems += check_manifest(name, doc) + workload_problems(name, doc)
     ray_documents = manifests(RAY_DIR)
     return (problems + serving_problems(documents) + network_problems(documents) + egress_problems(documents + ray_documents)
-            + tls_problems(documents) + registry_database_problems(documents) + admission_problems(documents)
+            + tls_problems(documents) + online_store_problems(documents) + registry_database_problems(documents)
+            + admission_problems(documents)
             + ray_problems(ray_documents))

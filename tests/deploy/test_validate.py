@@ -38,23 +38,20 @@ def test_every_chart_has_its_schema_and_defaults_copied():
 
 PLANTED = {
     "typo at the top level": ("airflow", lambda v: v.__setitem__("schedular", {"replicas": 2}), r"schedular: unknown key"),
-    "typo deep inside": ("redis", lambda v: v["master"].__setitem__("persistance", {"enabled": True}),
-                         r"master\.persistance: unknown key"),
+    "typo deep inside": ("airflow", lambda v: v["scheduler"].__setitem__("replicaz", 2),
+                         r"scheduler\.replicaz: unknown key"),
     "wrong type": ("airflow", lambda v: v["scheduler"].__setitem__("replicas", "two"),
                    r"scheduler\.replicas: 'two' is not of type 'integer'"),
-    "literal password": ("redis", lambda v: v["auth"].__setitem__("password", "hunter2"),
-                         r"auth\.password: literal secret"),
+    "literal password": ("airflow", lambda v: v.__setitem__("apiSecretKey", "hunter2"),
+                         r"apiSecretKey: literal secret"),
     "literal secret env": ("airflow", lambda v: v["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}),
                            r"env AWS_SECRET_ACCESS_KEY: literal secret"),
     "credentials in a URL": ("airflow", lambda v: v["config"]["logging"].__setitem__(
         "remote_base_log_folder", "s3://user:pw@bucket/logs"), r"credentials in a URL"),
-    "unpinned image": ("redis", lambda v: v["image"].__setitem__("tag", "latest"), r"image\.tag: image tag must be pinned"),
-    "missing memory limit": ("redis", lambda v: v["master"]["resources"]["limits"].pop("memory"),
-                             r"master\.resources\.limits\.memory: missing"),
-    "maxmemory above the limit": ("redis", lambda v: v.__setitem__("commonConfiguration", "maxmemory 4gb"),
-                                  r"maxmemory: 4gb must stay below master's limit 2Gi"),
-    "root container": ("redis", lambda v: v["master"]["containerSecurityContext"].__setitem__("runAsNonRoot", False),
-                       r"master\.containerSecurityContext"),
+    "unpinned image": ("airflow", lambda v: v.__setitem__("defaultAirflowTag", "latest"),
+                       r"defaultAirflowTag: image tag must be pinned"),
+    "missing memory limit": ("airflow", lambda v: v["scheduler"]["resources"]["limits"].pop("memory"),
+                             r"scheduler\.resources\.limits\.memory: missing"),
     "default admin user": ("airflow", lambda v: v["createUserJob"].__setitem__("enabled", True),
                            r"createUserJob\.enabled"),
 }
@@ -198,13 +195,6 @@ def test_planted_security_mistakes_are_caught(case):
     assert re.search(expected, "\n".join(map(str, checker(documents)))), checker(documents)
 
 
-def test_redis_requires_tls():
-    layers = layers_of("redis")
-    layers[0]["tls"]["enabled"] = False
-    problems = validate.tls_problems(validate.manifests(), {"redis": layers})
-    assert [str(p) for p in problems] == ["redis: tls.enabled: must be true (clients verify the certificate)"]
-
-
 def _registry_database(documents) -> dict:
     return _named(documents, "StatefulSet", validate.REGISTRY_DB)["spec"]["template"]["spec"]
 
@@ -252,18 +242,23 @@ REGISTRY_DB_PLANTED = {
             {"protocol": "TCP", "port": 5432}), r"ingress\[1\]: admit only pods labelled"),
     "trust on the socket behind options": (
         lambda docs: _set_hba(docs, "local all all trust map=metrics\n"), r"not trust"),
-    "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet")),
+    "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet"
+                                                  and x[1]["metadata"]["name"] == validate.REGISTRY_DB)),
                     r"no StatefulSet feast-registry-postgresql"),
 }
 
 
+def _check_planted(check, planted: dict, case: str) -> None:
+    documents = _documents()
+    mutate, expected = planted[case]
+    mutate(documents)
+    problems = "\n".join(map(str, check(documents)))
+    assert re.search(expected, problems), problems
+
+
 @pytest.mark.parametrize("case", list(REGISTRY_DB_PLANTED))
 def test_planted_registry_database_mistakes_are_caught(case):
-    documents = _documents()
-    mutate, expected = REGISTRY_DB_PLANTED[case]
-    mutate(documents)
-    problems = "\n".join(map(str, validate.registry_database_problems(documents)))
-    assert re.search(expected, problems), problems
+    _check_planted(validate.registry_database_problems, REGISTRY_DB_PLANTED, case)
 
 
 def test_reject_lines_are_no_finding():
@@ -275,7 +270,7 @@ def test_reject_lines_are_no_finding():
 
 def test_the_registry_database_meets_the_pod_policy():
     documents = _documents()
-    name = next(n for n, d in documents if d["kind"] == "StatefulSet")
+    name = "registry-db.yaml"
     assert validate.workload_problems(name, _named(documents, "StatefulSet", validate.REGISTRY_DB)) == []
     _registry_database(documents)["securityContext"]["runAsNonRoot"] = False
     _registry_database(documents)["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
@@ -283,10 +278,66 @@ def test_the_registry_database_meets_the_pod_policy():
     assert "securityContext.runAsNonRoot: must be true" in problems and "read-only root filesystem" in problems
 
 
-def test_redis_policy_suits_feast_keys():
-    merged, _ = validate.release_values("redis")
-    assert "maxmemory-policy noeviction" in merged["commonConfiguration"]
-    assert merged["image"]["repository"].startswith("bitnamilegacy/")
+def _store_config(documents, key: str, old: str, new: str) -> None:
+    config = _named(documents, "ConfigMap", "redis")["data"]
+    assert old in config[key], old
+    config[key] = config[key].replace(old, new)
+
+
+def _store_policy(documents) -> dict:
+    return _named(documents, "NetworkPolicy", "redis")["spec"]
+
+
+ONLINE_STORE_PLANTED = {
+    "a plain-text port": (lambda docs: _store_config(docs, "valkey.conf", "port 0", "port 6380"),
+                          r"valkey.conf: `port 0`: no plain-text port"),
+    "Sentinel without TLS": (lambda docs: _store_config(docs, "sentinel.conf", "port 0\n", ""),
+                             r"sentinel.conf: `port 0`"),
+    "replication in plain text": (lambda docs: _store_config(docs, "valkey.conf", "tls-replication yes", "tls-replication no"),
+                                  r"valkey.conf: `tls-replication yes`"),
+    "no CA for the Sentinels": (lambda docs: _store_config(docs, "sentinel.conf", "tls-ca-cert-file", "# tls-ca-cert-file"),
+                                r"sentinel.conf: tls-ca-cert-file must be set"),
+    "maxmemory above the limit": (lambda docs: _store_config(docs, "valkey.conf", "maxmemory 1536mb", "maxmemory 4gb"),
+                                  r"maxmemory 4gb must stay below the container's memory limit 2Gi"),
+    "evicting features": (lambda docs: _store_config(docs, "valkey.conf", "maxmemory-policy noeviction",
+                                                     "maxmemory-policy allkeys-lru"), r"maxmemory-policy noeviction"),
+    "configuration not from the ConfigMap": (
+        lambda docs: _named(docs, "StatefulSet", validate.ONLINE_STORE)["spec"]["template"]["spec"]["containers"][0][
+            "volumeMounts"].pop(1), r"valkey: no configuration mounted from a ConfigMap"),
+    "no NetworkPolicy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "NetworkPolicy"
+                                                       and x[1]["metadata"]["name"] == "redis")),
+                         r"no NetworkPolicy selects its pods"),
+    "anyone admitted": (lambda docs: _store_policy(docs)["ingress"][0]["from"].append({"podSelector": {}}),
+                        r"ingress\[0\]: admit only pods labelled redis-client=true"),
+    "a namespace admitted whole": (lambda docs: _store_policy(docs)["ingress"][0]["from"].append(
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "airflow"}}}), r"ingress\[0\]: admit only"),
+    "the store's labels from another namespace": (lambda docs: _store_policy(docs)["ingress"][1]["from"][0].__setitem__(
+        "namespaceSelector", {}), r"ingress\[1\]: admit only"),
+    "the server port opened to monitoring": (lambda docs: _store_policy(docs)["ingress"][2]["ports"].append(
+        {"protocol": "TCP", "port": 6379}), r"ingress\[2\]: admit only"),
+    "no StatefulSet": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet"
+                                                     and x[1]["metadata"]["name"] == validate.ONLINE_STORE)),
+                       r"no StatefulSet redis-node"),
+}
+
+
+def test_the_online_store_passes():
+    assert validate.online_store_problems(_documents()) == []
+
+
+@pytest.mark.parametrize("case", list(ONLINE_STORE_PLANTED))
+def test_planted_online_store_mistakes_are_caught(case):
+    _check_planted(validate.online_store_problems, ONLINE_STORE_PLANTED, case)
+
+
+def test_the_online_store_meets_the_pod_policy():
+    documents = _documents()
+    store = _named(documents, "StatefulSet", validate.ONLINE_STORE)
+    assert validate.workload_problems("online-store.yaml", store) == []
+    store["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] = False
+    store["spec"]["template"]["spec"]["containers"][1]["securityContext"] = {"allowPrivilegeEscalation": False}
+    problems = "\n".join(map(str, validate.workload_problems("online-store.yaml", store)))
+    assert "securityContext.runAsNonRoot: must be true" in problems and "sentinel.securityContext" in problems
 
 
 def test_dockerfiles_are_pinned_and_non_root():
