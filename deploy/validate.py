@@ -68,11 +68,12 @@ RESOURCE_PATHS = {
 # The registry database (deploy/k8s/registry-db.yaml): its StatefulSet and Service, the name in
 # FP_REGISTRY_URL and in its certificate.
 REGISTRY_DB = "feast-registry-postgresql"
-# The online store (deploy/k8s/online-store.yaml): its StatefulSet, and the label its clients carry.
+REGISTRY_DB_CLIENT_LABEL = "feast-registry-postgresql-client"
+# The online store (deploy/k8s/online-store.yaml): its StatefulSet, the label its clients carry, and
+# where its containers read their configuration.
 ONLINE_STORE = "redis-node"
 ONLINE_STORE_CLIENT_LABEL = "redis-client"
 ONLINE_STORE_CONFIG = {"valkey": "/etc/valkey/config/valkey.conf", "sentinel": "/etc/valkey/config/sentinel.conf"}
-REGISTRY_DB_CLIENT_LABEL = "feast-registry-postgresql-client"
 
 
 @dataclass(frozen=True)
@@ -428,10 +429,9 @@ def hba_problems(text: str, where: str) -> list[Problem]:
     return problems
 
 
-def online_store(documents: list[tuple[str, dict]]) -> dict | None:
-    """The online store's StatefulSet among ``documents``."""
-    return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == ONLINE_STORE),
-                None)
+def statefulset(documents: list[tuple[str, dict]], name: str) -> dict | None:
+    """The StatefulSet called ``name`` among ``documents`` (ONLINE_STORE, REGISTRY_DB)."""
+    return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == name), None)
 
 
 def _ingress_reaching(documents: list[tuple[str, dict]], workload: dict, ports: set) -> list[tuple[str, dict]] | None:
@@ -463,7 +463,7 @@ def online_store_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     """The online store (deploy/k8s/online-store.yaml): servers and Sentinels serve and replicate over
     TLS only; the servers' maxmemory stays below their memory limit and they never evict Feast's keys
     (noeviction); a NetworkPolicy admits to them only the platform's labelled clients and each other."""
-    store = online_store(documents)
+    store = statefulset(documents, ONLINE_STORE)
     if store is None:
         return [Problem("deploy/k8s", f"no StatefulSet {ONLINE_STORE} (the online store)")]
     where = f"StatefulSet {ONLINE_STORE}"
@@ -509,16 +509,10 @@ def online_store_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     return problems
 
 
-def registry_database(documents: list[tuple[str, dict]]) -> dict | None:
-    """The registry database's StatefulSet among ``documents``."""
-    return next((d for _, d in documents if d.get("kind") == "StatefulSet" and d["metadata"]["name"] == REGISTRY_DB),
-                None)
-
-
 def registry_database_problems(documents: list[tuple[str, dict]]) -> list[Problem]:
     """The registry database (deploy/k8s/registry-db.yaml) serves TLS only, its pg_hba.conf admits
     network clients only over TLS with a SCRAM password, and a NetworkPolicy admits only its clients."""
-    database = registry_database(documents)
+    database = statefulset(documents, REGISTRY_DB)
     if database is None:
         return [Problem("deploy/k8s", f"no StatefulSet {REGISTRY_DB} (the registry database)")]
     where = f"StatefulSet {REGISTRY_DB}"

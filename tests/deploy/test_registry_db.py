@@ -45,7 +45,7 @@ def test_the_registry_database_refuses_anything_less(registry_database, tmp_path
 
 
 def _pod() -> dict:
-    return validate.registry_database(validate.manifests())["spec"]["template"]["spec"]
+    return validate.statefulset(validate.manifests(), validate.REGISTRY_DB)["spec"]["template"]["spec"]
 
 
 def test_the_probes_report_the_running_database_ready(registry_database):

@@ -134,6 +134,10 @@ def _named(documents, kind, name):
     return next(d for _, d in documents if d["kind"] == kind and d["metadata"]["name"] == name)
 
 
+def _remove(documents, kind, name) -> None:
+    documents.remove(next(x for x in documents if x[1]["kind"] == kind and x[1]["metadata"]["name"] == name))
+
+
 SECURITY_PLANTED = {
     "worker egress to any address": (lambda docs: _named(docs, "NetworkPolicy", "feature-platform-worker")["spec"]
                                      ["egress"][0].pop("to"), validate.egress_problems, r"allows any address"),
@@ -230,8 +234,7 @@ REGISTRY_DB_PLANTED = {
                        r"pg_hba.conf:1: network clients must authenticate with scram-sha-256, not trust"),
     "trust on the socket": (lambda docs: _set_hba(docs, "local all all trust\n"),
                             r"local connections must use peer or scram-sha-256, not trust"),
-    "no network policy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "NetworkPolicy"
-                                                        and x[1]["metadata"]["name"] == validate.REGISTRY_DB)),
+    "no network policy": (lambda docs: _remove(docs, "NetworkPolicy", validate.REGISTRY_DB),
                           r"no NetworkPolicy selects its pods for Ingress"),
     "any pod admitted": (lambda docs: _named(docs, "NetworkPolicy", validate.REGISTRY_DB)["spec"]["ingress"][0]
                          .pop("from"), r"admit only pods labelled feast-registry-postgresql-client=true"),
@@ -242,8 +245,7 @@ REGISTRY_DB_PLANTED = {
             {"protocol": "TCP", "port": 5432}), r"ingress\[1\]: admit only pods labelled"),
     "trust on the socket behind options": (
         lambda docs: _set_hba(docs, "local all all trust map=metrics\n"), r"not trust"),
-    "no database": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet"
-                                                  and x[1]["metadata"]["name"] == validate.REGISTRY_DB)),
+    "no database": (lambda docs: _remove(docs, "StatefulSet", validate.REGISTRY_DB),
                     r"no StatefulSet feast-registry-postgresql"),
 }
 
@@ -304,8 +306,7 @@ ONLINE_STORE_PLANTED = {
     "configuration not from the ConfigMap": (
         lambda docs: _named(docs, "StatefulSet", validate.ONLINE_STORE)["spec"]["template"]["spec"]["containers"][0][
             "volumeMounts"].pop(1), r"valkey: no configuration mounted from a ConfigMap"),
-    "no NetworkPolicy": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "NetworkPolicy"
-                                                       and x[1]["metadata"]["name"] == "redis")),
+    "no NetworkPolicy": (lambda docs: _remove(docs, "NetworkPolicy", "redis"),
                          r"no NetworkPolicy selects its pods"),
     "anyone admitted": (lambda docs: _store_policy(docs)["ingress"][0]["from"].append({"podSelector": {}}),
                         r"ingress\[0\]: admit only pods labelled redis-client=true"),
@@ -315,8 +316,7 @@ ONLINE_STORE_PLANTED = {
         "namespaceSelector", {}), r"ingress\[1\]: admit only"),
     "the server port opened to monitoring": (lambda docs: _store_policy(docs)["ingress"][2]["ports"].append(
         {"protocol": "TCP", "port": 6379}), r"ingress\[2\]: admit only"),
-    "no StatefulSet": (lambda docs: docs.remove(next(x for x in docs if x[1]["kind"] == "StatefulSet"
-                                                     and x[1]["metadata"]["name"] == validate.ONLINE_STORE)),
+    "no StatefulSet": (lambda docs: _remove(docs, "StatefulSet", validate.ONLINE_STORE),
                        r"no StatefulSet redis-node"),
 }
 
